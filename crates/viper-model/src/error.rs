@@ -1,0 +1,42 @@
+//! The error type of model construction and inference.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// `config.json` is missing or unreadable.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// `config.json` does not parse or lacks a field.
+    #[error("{path}: {reason}")]
+    ConfigParse {
+        /// The file.
+        path: PathBuf,
+        /// What serde said, with the line and column.
+        reason: String,
+    },
+    /// `config.json` parses but describes no working model.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// Weights could not be read or do not fit the config.
+    #[error(transparent)]
+    Checkpoint(#[from] viper_checkpoint::CheckpointError),
+    /// A request the model cannot serve (token id out of range, empty prompt, context too long…).
+    #[error("invalid input: {0}")]
+    Input(String),
+}
+
+impl From<viper_ssm::ConfigError> for ModelError {
+    fn from(e: viper_ssm::ConfigError) -> Self {
+        ModelError::Config(e.0)
+    }
+}
+
+/// Result type of this crate.
+pub type Result<T> = std::result::Result<T, ModelError>;

@@ -1,0 +1,17 @@
+//! The Mamba mixer of Viper's language models, in its FalconMamba and Jamba variants.
+//!
+//! A [`MambaMixer`] runs over a whole sequence ([`MambaMixer::forward`]) or one token at a time
+//! ([`MambaMixer::step`]), carrying a [`MambaState`] (conv window + SSM state) between calls. The
+//! sequence ops go through the [`SsmBackend`] extension trait: its default bodies are the tensor-op
+//! [`reference`], which runs on every Burn backend.
+
+pub mod backend;
+pub mod config;
+pub mod mixer;
+pub mod norm;
+pub mod reference;
+
+pub use backend::{ConvInput, ScanInput, ScanOutput, SsmBackend};
+pub use config::{ConfigError, MambaConfig, MambaVariant};
+pub use mixer::{DtBcNorms, MambaMixer, MambaState};
+pub use norm::{rms, RmsNorm};

@@ -1,0 +1,43 @@
+//! RMS normalisation as transformers computes it: in f32, cast back to the input dtype, then scaled by
+//! the (optional) learned weight.
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::FloatDType;
+use viper_checkpoint::{Result, Weights};
+
+/// `x * rsqrt(mean(x², last) + eps)` computed in f32 and returned in `x`'s dtype (no weight).
+pub fn rms<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    let x32 = x.cast(FloatDType::F32);
+    let var = x32.clone().square().mean_dim(D - 1);
+    (x32 * (var + eps).sqrt().recip()).cast(dtype)
+}
+
+/// RMSNorm with a learned weight (`{name}.weight`), eps from the config.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// Per-channel scale, shape `[d]`.
+    pub weight: Param<Tensor<B, 1>>,
+    /// Added to the mean square before the square root.
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    /// Loads `{prefix}weight` of shape `[d]`.
+    pub fn load(w: &Weights, d: usize, eps: f64, device: &B::Device) -> Result<Self> {
+        Ok(Self { weight: Param::from_tensor(w.tensor("weight", [d], device)?), eps })
+    }
+
+    /// `weight * rms(x)`; the product is in the wider of the two dtypes, as PyTorch promotes.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let normed = rms(x, self.eps);
+        let weight = self.weight.val().unsqueeze::<D>();
+        if normed.dtype() == weight.dtype() {
+            normed * weight
+        } else {
+            normed.cast(FloatDType::F32) * weight.cast(FloatDType::F32)
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The mixer's sequence path and its recurrent path agree (outputs and final state), from zero and
+//! non-zero states, for both variants and odd sizes.
+
+use burn::backend::NdArray;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use viper_ssm::{MambaConfig, MambaMixer, MambaState, MambaVariant};
+
+type B = NdArray;
+
+fn rel_err(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f32 {
+    let num = (a - b.clone()).abs().max().into_scalar();
+    let den = b.abs().max().into_scalar();
+    assert!(den > 0.0, "degenerate comparison");
+    num / den
+}
+
+fn config(variant: MambaVariant) -> MambaConfig {
+    MambaConfig { d_model: 24, d_inner: 36, d_state: 7, d_conv: 4, dt_rank: 3, conv_bias: true, proj_bias: false, variant }
+}
+
+fn random_state(m: &MambaMixer<B>, batch: usize) -> MambaState<B> {
+    let c = &m.config;
+    let dev = Default::default();
+    MambaState {
+        conv: Tensor::random([batch, c.d_conv, c.d_inner], Distribution::Normal(0.0, 1.0), &dev),
+        ssm: Tensor::random([batch, c.d_inner, c.d_state], Distribution::Normal(0.0, 1.0), &dev),
+    }
+}
+
+fn check(variant: MambaVariant, seed: u64) {
+    B::seed(&Default::default(), seed);
+    let m = MambaMixer::<B>::random(&config(variant), &Default::default());
+    let (b, l) = (3, 13);
+    let x = Tensor::<B, 3>::random([b, l, 24], Distribution::Normal(0.0, 1.0), &Default::default());
+    for initial in [m.zero_state(b), random_state(&m, b)] {
+        let (seq, seq_state) = m.forward(x.clone(), Some(initial.clone()));
+        assert!(seq.clone().abs().max().into_scalar() > 1e-3, "output is degenerate");
+
+        let mut state = initial.clone();
+        let mut outs = Vec::new();
+        for t in 0..l {
+            let (y, s) = m.step(x.clone().narrow(1, t, 1).reshape([b, 24]), state);
+            outs.push(y.unsqueeze_dim::<3>(1));
+            state = s;
+        }
+        let stepped = Tensor::cat(outs, 1);
+        assert!(rel_err(stepped, seq.clone()) < 1e-5, "{variant:?}: step outputs differ");
+        assert!(rel_err(state.ssm.clone(), seq_state.ssm.clone()) < 1e-5, "{variant:?}: final ssm state differs");
+        assert!(rel_err(state.conv, seq_state.conv.clone()) < 1e-6, "{variant:?}: final conv window differs");
+
+        // Shorter than the conv window, then the rest: the window carries over.
+        let (a, s1) = m.forward(x.clone().narrow(1, 0, 2), Some(initial.clone()));
+        let (rest, s2) = m.forward(x.clone().narrow(1, 2, l - 2), Some(s1));
+        assert!(rel_err(Tensor::cat(vec![a, rest], 1), seq) < 1e-5, "{variant:?}: split forward differs");
+        assert!(rel_err(s2.ssm, seq_state.ssm) < 1e-5);
+    }
+}
+
+#[test]
+fn falcon_mamba_forward_equals_step() {
+    check(MambaVariant::FalconMamba { rms_eps: 1e-6 }, 1);
+}
+
+#[test]
+fn jamba_forward_equals_step() {
+    check(MambaVariant::Jamba { rms_eps: 1e-6 }, 2);
+}
+
+#[test]
+fn plain_mamba_forward_equals_step() {
+    check(MambaVariant::Mamba, 3);
+}
+
+#[test]
+fn batch_rows_are_independent() {
+    B::seed(&Default::default(), 4);
+    let m = MambaMixer::<B>::random(&config(MambaVariant::FalconMamba { rms_eps: 1e-6 }), &Default::default());
+    let x = Tensor::<B, 3>::random([2, 9, 24], Distribution::Normal(0.0, 1.0), &Default::default());
+    let (both, _) = m.forward(x.clone(), None);
+    let (second, _) = m.forward(x.narrow(0, 1, 1), None);
+    assert!(rel_err(both.narrow(0, 1, 1), second) < 1e-6);
+}
+
+#[test]
+fn invalid_configs_are_rejected() {
+    let mut c = config(MambaVariant::FalconMamba { rms_eps: 1e-6 });
+    assert!(c.validate().is_ok());
+    c.d_state = 0;
+    assert!(c.validate().unwrap_err().to_string().contains("state_size"));
+    let mut c = config(MambaVariant::Jamba { rms_eps: -1.0 });
+    assert!(c.validate().is_err());
+    c.variant = MambaVariant::Mamba;
+    c.d_conv = 1;
+    assert!(c.validate().unwrap_err().to_string().contains("conv kernel"));
+}
