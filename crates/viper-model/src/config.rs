@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use viper_ssm::{MambaConfig, MambaVariant};
+use viper_ssm::{AutoSize, MambaConfig, MambaVariant};
 
 use crate::error::{ModelError, Result};
 
@@ -12,34 +12,6 @@ use crate::error::{ModelError, Result};
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
     serde_json::from_str(&text).map_err(|e| ModelError::ConfigParse { path: path.to_path_buf(), reason: e.to_string() })
-}
-
-/// A size that may be given as `"auto"` (transformers' `time_step_rank` / `mamba_dt_rank`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum AutoSize {
-    /// An explicit value.
-    Value(usize),
-    /// `"auto"`: `ceil(hidden_size / 16)`.
-    Auto(AutoTag),
-}
-
-/// The literal string `"auto"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AutoTag {
-    /// `"auto"`.
-    Auto,
-}
-
-impl AutoSize {
-    /// The value, resolving `"auto"` against the hidden size.
-    pub fn resolve(self, hidden: usize) -> usize {
-        match self {
-            AutoSize::Value(v) => v,
-            AutoSize::Auto(_) => hidden.div_ceil(16),
-        }
-    }
 }
 
 fn default_true() -> bool {

@@ -1,7 +1,8 @@
 //! The backend extension trait through which the mixer runs its scan and conv.
 //!
 //! Every method has the tensor-op [`reference`](crate::reference) as its default body; CubeCL backends
-//! override them with hand-written kernels.
+//! (`CubeBackend<R, F, I, BT>` and its `Fusion` wrapper, i.e. Burn's `Cuda` and `Wgpu` with or without the
+//! `fusion` feature) override them with the hand-written kernels of [`kernels`](crate::kernels).
 
 use burn::prelude::*;
 
@@ -83,5 +84,209 @@ mod ndarray_impl {
         NdArrayTensor: From<SharedArray<E>>,
         NdArrayTensor: From<SharedArray<I>>,
     {
+    }
+}
+
+#[cfg(feature = "cube")]
+mod cube_impl {
+    //! `SsmBackend` on a CubeCL backend: normalise dtypes where the kernels need pairs to match (a no-op
+    //! for a model in one dtype), then launch [`crate::kernels`].
+    use burn::prelude::*;
+    use burn::tensor::{DType, FloatDType, TensorPrimitive};
+    use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+
+    use super::{ConvInput, ScanInput, ScanOutput, SsmBackend};
+    use crate::kernels;
+
+    fn like<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+        if t.dtype() == dtype {
+            t
+        } else {
+            t.cast(FloatDType::from(dtype))
+        }
+    }
+
+    fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> B::FloatTensorPrimitive {
+        t.into_primitive().tensor()
+    }
+
+    fn wrap<B: Backend, const D: usize>(p: B::FloatTensorPrimitive) -> Tensor<B, D> {
+        Tensor::from_primitive(TensorPrimitive::Float(p))
+    }
+
+    fn scan<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+        x: ScanInput<CubeBackend<R, F, I, BT>>,
+    ) -> ScanOutput<CubeBackend<R, F, I, BT>> {
+        let (act, par, wt) = (x.u.dtype(), x.b.dtype(), x.a_log.dtype());
+        let t = kernels::ScanTensors {
+            u: prim(x.u),
+            delta: prim(like(x.delta, act)),
+            delta_bias: prim(like(x.delta_bias, wt)),
+            a_log: prim(x.a_log),
+            b: prim(x.b),
+            c: prim(like(x.c, par)),
+            d: prim(like(x.d, wt)),
+            z: prim(like(x.z, act)),
+            state: prim(x.state),
+        };
+        let (y, state) = kernels::selective_scan(t);
+        ScanOutput { y: wrap(y), state: wrap(state) }
+    }
+
+    fn conv<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+        x: ConvInput<CubeBackend<R, F, I, BT>>,
+    ) -> (Tensor<CubeBackend<R, F, I, BT>, 3>, Tensor<CubeBackend<R, F, I, BT>, 3>) {
+        let (act, wt) = (x.x.dtype(), x.weight.dtype());
+        let (y, window) = kernels::causal_conv1d(
+            prim(x.x),
+            prim(like(x.window, act)),
+            prim(x.weight),
+            x.bias.map(|b| prim(like(b, wt))),
+        );
+        (wrap(y), wrap(window))
+    }
+
+    impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> SsmBackend for CubeBackend<R, F, I, BT> {
+        fn selective_scan(input: ScanInput<Self>) -> ScanOutput<Self> {
+            scan(input)
+        }
+
+        fn selective_state_update(input: ScanInput<Self>) -> ScanOutput<Self> {
+            scan(input)
+        }
+
+        fn causal_conv1d(input: ConvInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+            conv(input)
+        }
+
+        fn causal_conv1d_update(input: ConvInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+            conv(input)
+        }
+    }
+}
+
+#[cfg(feature = "cube")]
+mod fusion_impl {
+    //! `SsmBackend` on `Fusion<B>`: each op is registered on the fusion stream as a custom operation
+    //! (never fused with neighbours) whose execution calls `B`'s implementation on the real tensors.
+    use core::marker::PhantomData;
+
+    use burn::prelude::*;
+    use burn::tensor::TensorPrimitive;
+    use burn_fusion::stream::{Operation, OperationStreams};
+    use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
+    use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+
+    use super::{ConvInput, ScanInput, ScanOutput, SsmBackend};
+
+    type Handles<B> = HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
+
+    fn ft<B: FusionBackend, const D: usize>(t: Tensor<Fusion<B>, D>) -> FusionTensor<B::FusionRuntime> {
+        t.into_primitive().tensor()
+    }
+
+    fn get<B: FusionBackend, const D: usize>(h: &mut Handles<B>, ir: &TensorIr) -> Tensor<B, D> {
+        Tensor::from_primitive(TensorPrimitive::Float(h.get_float_tensor::<B>(ir)))
+    }
+
+    fn put<B: FusionBackend, const D: usize>(h: &mut Handles<B>, ir: &TensorIr, t: Tensor<B, D>) {
+        h.register_float_tensor::<B>(&ir.id, t.into_primitive().tensor());
+    }
+
+    #[derive(Debug)]
+    struct ScanOp<B> {
+        desc: CustomOpIr,
+        single: bool,
+        _b: PhantomData<B>,
+    }
+
+    impl<B: FusionBackend + SsmBackend> Operation<B::FusionRuntime> for ScanOp<B> {
+        fn execute(&self, h: &mut Handles<B>) {
+            let ([u, delta, delta_bias, a_log, b, c, d, z, state], [y_out, state_out]) = self.desc.as_fixed();
+            let input = ScanInput::<B> {
+                u: get(h, u),
+                delta: get(h, delta),
+                delta_bias: get(h, delta_bias),
+                a_log: get(h, a_log),
+                b: get(h, b),
+                c: get(h, c),
+                d: get(h, d),
+                z: get(h, z),
+                state: get(h, state),
+            };
+            let out = if self.single { B::selective_state_update(input) } else { B::selective_scan(input) };
+            put(h, y_out, out.y);
+            put(h, state_out, out.state);
+        }
+    }
+
+    #[derive(Debug)]
+    struct ConvOp<B> {
+        desc: CustomOpIr,
+        single: bool,
+        _b: PhantomData<B>,
+    }
+
+    impl<B: FusionBackend + SsmBackend> Operation<B::FusionRuntime> for ConvOp<B> {
+        fn execute(&self, h: &mut Handles<B>) {
+            let ins = &self.desc.inputs;
+            let (y_out, window_out) = (&self.desc.outputs[0], &self.desc.outputs[1]);
+            let input = ConvInput::<B> {
+                x: get(h, &ins[0]),
+                window: get(h, &ins[1]),
+                weight: get(h, &ins[2]),
+                bias: ins.get(3).map(|b| get(h, b)),
+            };
+            let (y, window) = if self.single { B::causal_conv1d_update(input) } else { B::causal_conv1d(input) };
+            put(h, y_out, y);
+            put(h, window_out, window);
+        }
+    }
+
+    fn scan<B: FusionBackend + SsmBackend>(x: ScanInput<Fusion<B>>, single: bool) -> ScanOutput<Fusion<B>> {
+        let ins = [ft(x.u), ft(x.delta), ft(x.delta_bias), ft(x.a_log), ft(x.b), ft(x.c), ft(x.d), ft(x.z), ft(x.state)];
+        let client = ins[0].client.clone();
+        let y = TensorIr::uninit(client.create_empty_handle(), ins[0].shape.clone(), ins[0].dtype);
+        let s = TensorIr::uninit(client.create_empty_handle(), ins[8].shape.clone(), ins[8].dtype);
+        let streams = OperationStreams::with_inputs(ins.iter());
+        let irs: Vec<TensorIr> = ins.into_iter().map(|t| t.into_ir()).collect();
+        let desc = CustomOpIr::new("viper_selective_scan", &irs, &[y, s]);
+        let op = ScanOp::<B> { desc: desc.clone(), single, _b: PhantomData };
+        let [y, s]: [FusionTensor<B::FusionRuntime>; 2] =
+            client.register(streams, OperationIr::Custom(desc), op).try_into().expect("two outputs");
+        ScanOutput { y: Tensor::from_primitive(TensorPrimitive::Float(y)), state: Tensor::from_primitive(TensorPrimitive::Float(s)) }
+    }
+
+    fn conv<B: FusionBackend + SsmBackend>(x: ConvInput<Fusion<B>>, single: bool) -> (Tensor<Fusion<B>, 3>, Tensor<Fusion<B>, 3>) {
+        let mut ins = vec![ft(x.x), ft(x.window), ft(x.weight)];
+        ins.extend(x.bias.map(ft));
+        let client = ins[0].client.clone();
+        let y = TensorIr::uninit(client.create_empty_handle(), ins[0].shape.clone(), ins[0].dtype);
+        let w = TensorIr::uninit(client.create_empty_handle(), ins[1].shape.clone(), ins[0].dtype);
+        let streams = OperationStreams::with_inputs(ins.iter());
+        let irs: Vec<TensorIr> = ins.into_iter().map(|t| t.into_ir()).collect();
+        let desc = CustomOpIr::new("viper_causal_conv1d", &irs, &[y, w]);
+        let op = ConvOp::<B> { desc: desc.clone(), single, _b: PhantomData };
+        let [y, w]: [FusionTensor<B::FusionRuntime>; 2] =
+            client.register(streams, OperationIr::Custom(desc), op).try_into().expect("two outputs");
+        (Tensor::from_primitive(TensorPrimitive::Float(y)), Tensor::from_primitive(TensorPrimitive::Float(w)))
+    }
+
+    impl<B: FusionBackend + SsmBackend> SsmBackend for Fusion<B> {
+        fn selective_scan(input: ScanInput<Self>) -> ScanOutput<Self> {
+            scan(input, false)
+        }
+
+        fn selective_state_update(input: ScanInput<Self>) -> ScanOutput<Self> {
+            scan(input, true)
+        }
+
+        fn causal_conv1d(input: ConvInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+            conv(input, false)
+        }
+
+        fn causal_conv1d_update(input: ConvInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+            conv(input, true)
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! Mixer hyper-parameters, derived from a FalconMamba or Jamba `config.json` by the model crates.
 
+use serde::Deserialize;
+
 /// How dt, B and C are normalised after `x_proj` (the one difference between the two variants).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum MambaVariant {
@@ -66,3 +68,32 @@ impl MambaConfig {
         Ok(())
     }
 }
+
+/// A size that may be given as `"auto"` (transformers' `time_step_rank` / `mamba_dt_rank`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum AutoSize {
+    /// An explicit value.
+    Value(usize),
+    /// `"auto"`: `ceil(hidden_size / 16)`.
+    Auto(AutoTag),
+}
+
+/// The literal string `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoTag {
+    /// `"auto"`.
+    Auto,
+}
+
+impl AutoSize {
+    /// The value, resolving `"auto"` against the hidden size.
+    pub fn resolve(self, hidden: usize) -> usize {
+        match self {
+            AutoSize::Value(v) => v,
+            AutoSize::Auto(_) => hidden.div_ceil(16),
+        }
+    }
+}
+

@@ -7,11 +7,13 @@
 
 pub mod backend;
 pub mod config;
+#[cfg(feature = "cube")]
+pub mod kernels;
 pub mod mixer;
 pub mod norm;
 pub mod reference;
 
 pub use backend::{ConvInput, ScanInput, ScanOutput, SsmBackend};
-pub use config::{ConfigError, MambaConfig, MambaVariant};
+pub use config::{AutoSize, ConfigError, MambaConfig, MambaVariant};
 pub use mixer::{DtBcNorms, MambaMixer, MambaState};
 pub use norm::{rms, RmsNorm};

@@ -1,0 +1,208 @@
+//! The Jamba decoder (spec §7.2) and causal LM with its hybrid cache. Field names mirror the keys:
+//! `model.{embed_tokens, layers.{i}.{input_layernorm, self_attn | mamba, pre_ff_layernorm, feed_forward},
+//! final_layernorm}`, `lm_head`.
+
+use burn::module::Param;
+use burn::nn::{Embedding, Linear};
+use burn::prelude::*;
+use burn::tensor::FloatDType;
+use viper_checkpoint::{Checkpoint, CheckpointError, LoadOptions, Weights};
+use viper_ssm::{MambaMixer, MambaState, RmsNorm, SsmBackend};
+
+use crate::attention::{JambaAttention, KvCache};
+use crate::config::{JambaConfig, LayerKind};
+use crate::moe::{JambaMlp, SparseMoe};
+use crate::{Error, Result};
+
+/// A layer's feed-forward: dense gated MLP or mixture of experts.
+#[derive(Module, Debug)]
+pub enum FeedForward<B: Backend> {
+    /// `feed_forward.{gate,up,down}_proj`.
+    Dense(JambaMlp<B>),
+    /// `feed_forward.{router, experts.*}`.
+    Moe(SparseMoe<B>),
+}
+
+impl<B: Backend> FeedForward<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        match self {
+            FeedForward::Dense(mlp) => mlp.forward(x),
+            FeedForward::Moe(moe) => moe.forward(x),
+        }
+    }
+}
+
+/// One pre-norm decoder layer: `h + mixer(norm(h))`, then `h + ffn(norm(h))`, residual in the model dtype.
+#[derive(Module, Debug)]
+pub struct JambaDecoderLayer<B: Backend> {
+    /// Norm before the mixer.
+    pub input_layernorm: RmsNorm<B>,
+    /// Attention mixer (attention layers).
+    pub self_attn: Option<JambaAttention<B>>,
+    /// Mamba mixer (all other layers).
+    pub mamba: Option<MambaMixer<B>>,
+    /// Norm before the feed-forward.
+    pub pre_ff_layernorm: RmsNorm<B>,
+    /// Dense MLP or MoE.
+    pub feed_forward: FeedForward<B>,
+}
+
+/// Cache of one layer.
+#[derive(Debug, Clone)]
+pub enum LayerCache<B: Backend> {
+    /// Keys and values so far (`None` before the first token).
+    Attention(Option<KvCache<B>>),
+    /// Conv window and SSM state.
+    Mamba(MambaState<B>),
+}
+
+/// The hybrid cache: KV for attention layers, recurrent state for Mamba layers.
+#[derive(Debug, Clone)]
+pub struct JambaCache<B: Backend> {
+    /// One entry per layer.
+    pub layers: Vec<LayerCache<B>>,
+}
+
+impl<B: SsmBackend> JambaDecoderLayer<B> {
+    fn load(c: &JambaConfig, i: usize, w: &Weights, device: &B::Device) -> Result<Self> {
+        let (h, eps) = (c.hidden_size, c.rms_norm_eps);
+        let (self_attn, mamba) = match c.layer_kind(i) {
+            LayerKind::Attention => (Some(JambaAttention::load(c, &w.pp("self_attn"), device)?), None),
+            LayerKind::Mamba => (None, Some(MambaMixer::load(&c.mamba(), &w.pp("mamba"), device)?)),
+        };
+        let ff = w.pp("feed_forward");
+        let feed_forward = if c.is_moe(i) {
+            FeedForward::Moe(SparseMoe::load(&ff, h, c.intermediate_size, c.num_experts, c.num_experts_per_tok, device)?)
+        } else {
+            FeedForward::Dense(JambaMlp::load(&ff, h, c.intermediate_size, device)?)
+        };
+        Ok(Self {
+            input_layernorm: RmsNorm::load(&w.pp("input_layernorm"), h, eps, device)?,
+            self_attn,
+            mamba,
+            pre_ff_layernorm: RmsNorm::load(&w.pp("pre_ff_layernorm"), h, eps, device)?,
+            feed_forward,
+        })
+    }
+
+    fn forward(&self, x: Tensor<B, 3>, cache: &mut LayerCache<B>) -> Tensor<B, 3> {
+        let dtype = x.dtype();
+        let normed = self.input_layernorm.forward(x.clone()).cast(dtype);
+        let mixed = match (cache, &self.self_attn, &self.mamba) {
+            (LayerCache::Attention(kv), Some(attn), _) => attn.forward(normed, kv),
+            (LayerCache::Mamba(state), _, Some(mamba)) => {
+                let [b, l, h] = normed.dims();
+                let (y, s) = if l == 1 {
+                    let (y, s) = mamba.step(normed.reshape([b, h]), state.clone());
+                    (y.reshape([b, 1, h]), s)
+                } else {
+                    mamba.forward(normed, Some(state.clone()))
+                };
+                *state = s;
+                y
+            }
+            _ => unreachable!("cache entries are created from the layers they belong to"),
+        };
+        let h = x + mixed;
+        let normed = self.pre_ff_layernorm.forward(h.clone()).cast(dtype);
+        h + self.feed_forward.forward(normed)
+    }
+}
+
+/// `model.*`.
+#[derive(Module, Debug)]
+pub struct JambaModel<B: Backend> {
+    /// `embed_tokens.weight`, `[V, H]`.
+    pub embed_tokens: Embedding<B>,
+    /// `layers.{i}`.
+    pub layers: Vec<JambaDecoderLayer<B>>,
+    /// `final_layernorm`.
+    pub final_layernorm: RmsNorm<B>,
+}
+
+/// `JambaForCausalLM`.
+#[derive(Module, Debug)]
+pub struct JambaForCausalLM<B: Backend> {
+    /// `model.*`.
+    pub model: JambaModel<B>,
+    /// `lm_head`.
+    pub lm_head: Linear<B>,
+    /// The config it was built from.
+    #[module(skip)]
+    pub config: JambaConfig,
+}
+
+impl<B: SsmBackend> JambaForCausalLM<B> {
+    /// Loads the LM from a checkpoint whose keys sit under any prefix (`model.` in a plain
+    /// `JambaForCausalLM` and in a Viper checkpoint).
+    pub fn load(config: &JambaConfig, ckpt: &Checkpoint, options: LoadOptions, device: &B::Device) -> Result<Self> {
+        config.validate().map_err(Error::Config)?;
+        let prefix = ckpt.prefix_of("final_layernorm.weight").ok_or_else(|| CheckpointError::MissingTensor {
+            key: "model.final_layernorm.weight".into(),
+            hint: " (no key ends with `final_layernorm.weight`: not a Jamba checkpoint?)".into(),
+        })?;
+        let root = prefix.strip_suffix("model.").unwrap_or(&prefix).to_string();
+        let all = ckpt.weights(options);
+        let w = all.at(&prefix);
+        let h = config.hidden_size;
+        let vocab = w.shape("embed_tokens.weight")?.first().copied().unwrap_or(0);
+        if vocab != config.vocab_size {
+            log::warn!("embedding matrix has {vocab} rows but config.json says vocab_size {}", config.vocab_size);
+        }
+        let emb = w.pp("embed_tokens").tensor::<B, 2>("weight", [vocab, h], device)?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| JambaDecoderLayer::load(config, i, &w.pp(format_args!("layers.{i}")), device))
+            .collect::<Result<Vec<_>>>()?;
+        let final_layernorm = RmsNorm::load(&w.pp("final_layernorm"), h, config.rms_norm_eps, device)?;
+        let lm_head = if ckpt.contains(&format!("{root}lm_head.weight")) || !config.tie_word_embeddings {
+            all.linear(&format!("{root}lm_head"), h, vocab, false, device)?
+        } else {
+            Linear { weight: Param::from_tensor(emb.clone().transpose()), bias: None }
+        };
+        Ok(Self {
+            model: JambaModel { embed_tokens: Embedding { weight: Param::from_tensor(emb) }, layers, final_layernorm },
+            lm_head,
+            config: config.clone(),
+        })
+    }
+
+    /// Rows of the embedding matrix.
+    pub fn vocab_size(&self) -> usize {
+        self.model.embed_tokens.weight.dims()[0]
+    }
+
+    /// Token embeddings `[b, l] → [b, l, H]`.
+    pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.model.embed_tokens.forward(ids)
+    }
+
+    /// An empty hybrid cache for `batch` sequences.
+    pub fn new_cache(&self, batch: usize) -> JambaCache<B> {
+        let layers = self
+            .model
+            .layers
+            .iter()
+            .map(|l| match &l.mamba {
+                Some(m) => LayerCache::Mamba(m.zero_state(batch)),
+                None => LayerCache::Attention(None),
+            })
+            .collect();
+        JambaCache { layers }
+    }
+
+    /// Runs `embeds` (`[b, l, H]`) after the cache's contents; returns f32 logits of every position,
+    /// or of the last one only when `last_only` (spec §7.7).
+    pub fn forward(&self, embeds: Tensor<B, 3>, cache: &mut JambaCache<B>, last_only: bool) -> Tensor<B, 3> {
+        let l = embeds.dims()[1];
+        let mut h = embeds;
+        for (layer, c) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
+            h = layer.forward(h, c);
+        }
+        if last_only {
+            h = h.narrow(1, l - 1, 1);
+        }
+        let dtype = h.dtype();
+        let y = self.model.final_layernorm.forward(h).cast(dtype);
+        self.lm_head.forward(y).cast(FloatDType::F32)
+    }
+}
