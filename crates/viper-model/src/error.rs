@@ -27,6 +27,18 @@ pub enum ModelError {
     /// Weights could not be read or do not fit the config.
     #[error(transparent)]
     Checkpoint(#[from] viper_checkpoint::CheckpointError),
+    /// The Jamba language model could not be built.
+    #[error(transparent)]
+    Jamba(#[from] viper_moe::Error),
+    /// The vision tower or projector could not be built or run.
+    #[error(transparent)]
+    Vision(#[from] viper_vision::VisionError),
+    /// An image could not be read or preprocessed.
+    #[error(transparent)]
+    Image(#[from] viper_processor::ProcessorError),
+    /// The tokenizer or chat template failed.
+    #[error(transparent)]
+    Prompt(#[from] viper_chat_template::Error),
     /// A request the model cannot serve (token id out of range, empty prompt, context too long…).
     #[error("invalid input: {0}")]
     Input(String),

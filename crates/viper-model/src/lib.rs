@@ -1,11 +1,20 @@
-//! Viper's language models and their loading from HuggingFace checkpoint directories.
+//! Viper vision-language models on Burn: load a published checkpoint directory as it is and chat
+//! about images, on any backend (`ViperModel<NdArray>`, `ViperModel<Wgpu>`, `ViperModel<Cuda>`).
 
 pub mod config;
 pub mod error;
 pub mod falcon_mamba;
+pub mod generate;
 pub mod lm;
+pub mod pipeline;
+pub mod sampling;
+pub mod viper;
 
-pub use config::FalconMambaConfig;
+pub use config::{FalconMambaConfig, LanguageConfig, LlavaConfig, ViperConfig};
 pub use error::{ModelError, Result};
 pub use falcon_mamba::{FalconMambaCache, FalconMambaForCausalLM};
+pub use generate::{generate, FinishReason, Generation, GenerationConfig};
 pub use lm::{LanguageModel, Logits};
+pub use pipeline::{ChatSession, PreparedPrompt, Viper};
+pub use sampling::{Sampler, SamplingConfig};
+pub use viper::{ImageEncoding, Language, ViperCache, ViperLoadOptions, ViperModel, VisionSide};

@@ -1,0 +1,359 @@
+//! `ViperModel`: CLIP tower → projector → spatial_unpad merge → splice into the prompt → language
+//! model (spec §2, §4.3, §8.1), for both families.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::{DType, FloatDType};
+use viper_checkpoint::{Checkpoint, LoadOptions};
+use viper_chat_template::IMAGE_TOKEN_INDEX;
+use viper_moe::{JambaCache, JambaForCausalLM};
+use viper_processor::{parse_pinpoints, PreprocessorConfig, ProcessedImage, Processor};
+use viper_ssm::SsmBackend;
+use viper_vision::{spatial_unpad_merge, vision_model_prefix, ClipVisionConfig, ClipVisionTower, FeatureSelect, MmProjector, SelectFeature};
+
+use crate::config::{read_json, LanguageConfig, ViperConfig};
+use crate::error::{ModelError, Result};
+use crate::falcon_mamba::{FalconMambaCache, FalconMambaForCausalLM};
+use crate::lm::{LanguageModel, Logits};
+
+/// The language model of a Viper checkpoint.
+#[derive(Module, Debug)]
+pub enum Language<B: Backend> {
+    /// Viper-Mamba: FalconMamba.
+    FalconMamba(FalconMambaForCausalLM<B>),
+    /// Viper-Jamba: Jamba.
+    Jamba(JambaForCausalLM<B>),
+}
+
+/// The cache of either family.
+#[derive(Debug, Clone)]
+pub enum ViperCache<B: Backend> {
+    /// Per-layer Mamba state.
+    FalconMamba(FalconMambaCache<B>),
+    /// KV + Mamba state.
+    Jamba(JambaCache<B>),
+}
+
+/// CLIP tower, projector and `image_newline`.
+#[derive(Module, Debug)]
+pub struct VisionSide<B: Backend> {
+    /// `…vision_tower.vision_tower.vision_model.*` (or a separate CLIP checkpoint).
+    pub vision_tower: ClipVisionTower<B>,
+    /// `…mm_projector.*`.
+    pub mm_projector: MmProjector<B>,
+    /// `…image_newline`, `[H]`.
+    pub image_newline: Param<Tensor<B, 1>>,
+}
+
+/// Where the weights come from and in which float type they run.
+#[derive(Debug, Clone, Default)]
+pub struct ViperLoadOptions {
+    /// Float type of the weights on the device (`None`: the backend's default; NdArray needs f32).
+    pub dtype: Option<FloatDType>,
+    /// A CLIP checkpoint (directory or file) for towers that are not stored in the Viper checkpoint
+    /// (`unfreeze_mm_vision_tower: false`).
+    pub vision_tower: Option<PathBuf>,
+    /// Refuse prompts longer than `tokenizer_model_max_length` instead of truncating them as upstream does.
+    pub strict_context: bool,
+}
+
+/// The intermediate tensors of the image path, for inspection and parity checks.
+#[derive(Debug, Clone)]
+pub struct ImageEncoding<B: Backend> {
+    /// Tower output per crop, `[crops, P, C]` (all images concatenated).
+    pub clip_features: Tensor<B, 3>,
+    /// Projector output, `[crops, P, H]`.
+    pub projected_features: Tensor<B, 3>,
+    /// The merged sequence of each image, `[n_img, H]`.
+    pub image_features: Vec<Tensor<B, 2>>,
+}
+
+/// A loaded Viper model: language model plus (for multimodal checkpoints) the vision side and the
+/// image preprocessing that matches it.
+#[derive(Debug)]
+pub struct ViperModel<B: SsmBackend> {
+    /// The checkpoint's config.
+    pub config: ViperConfig,
+    /// The language model.
+    pub language: Language<B>,
+    /// Tower, projector, newline (`None` for a text-only checkpoint).
+    pub vision: Option<VisionSide<B>>,
+    /// AnyRes preprocessing for this tower (`None` for a text-only checkpoint).
+    pub processor: Option<Processor>,
+    options: ViperLoadOptions,
+    device: B::Device,
+}
+
+/// Known tensors that a Viper model deliberately does not read.
+fn known_unused(key: &str) -> bool {
+    key.starts_with("pos_emb.") || key.ends_with(".position_ids") || key.contains("post_layernorm.")
+}
+
+impl<B: SsmBackend> ViperModel<B> {
+    /// Loads `dir` (a HuggingFace checkpoint directory: config.json + safetensors, single or sharded).
+    pub fn load(dir: impl AsRef<Path>, options: ViperLoadOptions, device: &B::Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(ModelError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "checkpoint directory not found"),
+            });
+        }
+        let config = ViperConfig::from_file(&dir.join("config.json"))?;
+        let ckpt = Checkpoint::open(dir)?;
+        let load = LoadOptions { dtype: options.dtype };
+        log::info!("loading {} from {}", config.llava.model_type, dir.display());
+        let language = match &config.language {
+            LanguageConfig::FalconMamba(c) => Language::FalconMamba(FalconMambaForCausalLM::load(c, &ckpt, load, device)?),
+            LanguageConfig::Jamba(c) => Language::Jamba(JambaForCausalLM::load(c, &ckpt, load, device)?),
+        };
+        let (vision, processor) = if config.is_multimodal() {
+            let (v, p) = load_vision(&config, dir, &ckpt, &options, device)?;
+            (Some(v), Some(p))
+        } else {
+            (None, None)
+        };
+        let unused = ckpt.unused_keys(known_unused);
+        let vision_layers = vision.as_ref().map(|v| v.vision_tower.encoder.layers.len());
+        let unused: Vec<_> = unused
+            .into_iter()
+            .filter(|k| !(vision_layers.is_some() && k.contains("vision_tower.") && is_later_clip_layer(k, vision_layers.unwrap_or(0))))
+            .collect();
+        if !unused.is_empty() {
+            log::warn!("{} checkpoint tensors were not used, e.g. {:?}", unused.len(), &unused[..unused.len().min(5)]);
+        }
+        Ok(Self { config, language, vision, processor, options, device: device.clone() })
+    }
+
+    /// The device the model lives on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// Float type of the weights.
+    pub fn dtype(&self) -> DType {
+        match &self.language {
+            Language::FalconMamba(m) => m.backbone.embeddings.weight.val().dtype(),
+            Language::Jamba(m) => m.model.embed_tokens.weight.val().dtype(),
+        }
+    }
+
+    /// Runs every crop of every image through the tower in one batch, projects, and merges each
+    /// image's features with `image_newline` (spec §4.3, §8.1).
+    pub fn encode_images(&self, images: &[ProcessedImage]) -> Result<ImageEncoding<B>> {
+        let vision = self.vision.as_ref().ok_or_else(|| ModelError::Input("this checkpoint has no vision tower".into()))?;
+        if images.is_empty() {
+            return Err(ModelError::Input("encode_images needs at least one image".into()));
+        }
+        let crops: Vec<Tensor<B, 4>> = images
+            .iter()
+            .map(|im| Tensor::<B, 4>::from_data(TensorData::new(im.pixel_values.clone(), im.shape), (&self.device, DType::F32)))
+            .collect();
+        // Upstream casts pixel values to the model dtype before the tower (README: bf16).
+        let pixels = Tensor::cat(crops, 0).cast(FloatDType::from(self.dtype()));
+        let clip_features = vision.vision_tower.forward(pixels)?;
+        let projected_features = vision.mm_projector.forward(clip_features.clone())?;
+        let mut start = 0;
+        let image_features = images
+            .iter()
+            .map(|im| {
+                let n = im.shape[0];
+                let g = &im.geometry;
+                let feats = projected_features.clone().narrow(0, start, n);
+                start += n;
+                let grid = (g.grid.0 as usize, g.grid.1 as usize);
+                let size = (g.original_size.0 as usize, g.original_size.1 as usize);
+                Ok(spatial_unpad_merge(feats, grid, size, vision.image_newline.val())?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ImageEncoding { clip_features, projected_features, image_features })
+    }
+
+    /// Text embeddings of `ids` with each [`IMAGE_TOKEN_INDEX`] replaced by the next image's
+    /// features, then cut to `tokenizer_model_max_length` as upstream does (or refused, with
+    /// `strict_context`). Returns `[1, L, H]`.
+    pub fn embed_prompt(&self, ids: &[i64], images: &[Tensor<B, 2>]) -> Result<Tensor<B, 3>> {
+        let markers = ids.iter().filter(|&&id| id == IMAGE_TOKEN_INDEX).count();
+        if markers != images.len() {
+            return Err(ModelError::Input(format!("the prompt has {markers} image placeholder(s) but {} image(s) were given", images.len())));
+        }
+        let vocab = self.vocab_size();
+        if let Some(bad) = ids.iter().find(|&&id| id != IMAGE_TOKEN_INDEX && (id < 0 || id as usize >= vocab)) {
+            return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary of {vocab}")));
+        }
+        let mut parts: Vec<Tensor<B, 2>> = Vec::new();
+        let mut images = images.iter();
+        for (i, segment) in ids.split(|&id| id == IMAGE_TOKEN_INDEX).enumerate() {
+            if i > 0 {
+                parts.extend(images.next().cloned());
+            }
+            if !segment.is_empty() {
+                let t = Tensor::<B, 2, Int>::from_data(TensorData::new(segment.to_vec(), [1, segment.len()]), &self.device);
+                let [_, l, h] = [1, segment.len(), self.hidden_size()];
+                parts.push(self.embed(t).reshape([l, h]));
+            }
+        }
+        if parts.is_empty() {
+            return Err(ModelError::Input("empty prompt".into()));
+        }
+        let dtype = FloatDType::from(self.dtype());
+        let mut embeds = Tensor::cat(parts.into_iter().map(|p| p.cast(dtype)).collect(), 0);
+        let len = embeds.dims()[0];
+        if let Some(max) = self.config.llava.tokenizer_model_max_length.filter(|&m| len > m) {
+            if self.options.strict_context {
+                return Err(ModelError::Input(format!("the prompt is {len} positions long, beyond tokenizer_model_max_length {max}")));
+            }
+            log::warn!("prompt of {len} positions truncated to tokenizer_model_max_length {max}, as upstream does");
+            embeds = embeds.narrow(0, 0, max);
+        }
+        Ok(embeds.unsqueeze())
+    }
+}
+
+fn is_later_clip_layer(key: &str, used: usize) -> bool {
+    key.split("encoder.layers.").nth(1).and_then(|r| r.split('.').next()?.parse::<usize>().ok()).is_some_and(|j| j >= used)
+}
+
+/// Finds the tower config (folder named by `mm_vision_tower`, then `vision_config`, then a known
+/// name), loads tower, projector and newline, and builds the matching image processor.
+fn load_vision<B: SsmBackend>(
+    config: &ViperConfig,
+    dir: &Path,
+    ckpt: &Checkpoint,
+    options: &ViperLoadOptions,
+    device: &B::Device,
+) -> Result<(VisionSide<B>, Processor)> {
+    let llava = &config.llava;
+    let tower_dir = llava.mm_vision_tower.as_deref().map(|name| dir.join(name)).filter(|p| p.join("config.json").is_file());
+    let (clip, preprocessor) = if let Some(td) = &tower_dir {
+        let pre = td.join("preprocessor_config.json");
+        let pre = if pre.is_file() { read_json::<PreprocessorConfig>(&pre)? } else { PreprocessorConfig::default() };
+        (ClipVisionConfig::from_file(td.join("config.json"))?, pre)
+    } else {
+        let clip = match (&llava.vision_config, &llava.mm_vision_tower) {
+            (Some(v), _) => ClipVisionConfig::from_value(v)?,
+            (None, Some(name)) => ClipVisionConfig::from_name(name)?,
+            (None, None) => return Err(ModelError::Config("multimodal config without mm_vision_tower or vision_config".into())),
+        };
+        let pre = match &llava.vision_preprocessor_config {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| ModelError::Config(format!("vision_preprocessor_config: {e}")))?,
+            None => PreprocessorConfig::default(),
+        };
+        (clip, pre)
+    };
+    if let Some(mm) = llava.mm_hidden_size.filter(|&mm| mm != clip.hidden_size) {
+        return Err(ModelError::Config(format!("mm_hidden_size {mm} differs from the vision tower's hidden_size {}", clip.hidden_size)));
+    }
+    let select = FeatureSelect { layer: llava.mm_vision_select_layer, feature: llava.mm_vision_select_feature.parse::<SelectFeature>()? };
+    let load = LoadOptions { dtype: options.dtype };
+
+    // Spec §9.4: a trained (unfrozen) tower is stored in the checkpoint; a frozen one is the CLIP release.
+    let external;
+    let (tower_ckpt, source) = if llava.unfreeze_mm_vision_tower {
+        (ckpt, dir.to_path_buf())
+    } else {
+        let path = options
+            .vision_tower
+            .clone()
+            .or_else(|| tower_dir.clone().filter(|p| Checkpoint::open(p).is_ok()))
+            .ok_or_else(|| {
+                ModelError::Config(format!(
+                    "the vision tower `{}` is frozen (unfreeze_mm_vision_tower is false), so its weights are not in the checkpoint: pass a CLIP checkpoint as the vision tower",
+                    llava.mm_vision_tower.as_deref().unwrap_or("?")
+                ))
+            })?;
+        external = Checkpoint::open(&path)?;
+        (&external, path)
+    };
+    let prefix = vision_model_prefix(tower_ckpt)?;
+    log::info!("vision tower from {} under `{prefix}`", source.display());
+    let vision_tower = ClipVisionTower::load(&clip, select, &tower_ckpt.weights(load).at(&prefix), device)?;
+
+    let lm_root = ckpt.prefix_of("image_newline").ok_or_else(|| viper_checkpoint::CheckpointError::MissingTensor {
+        key: "backbone.image_newline".into(),
+        hint: " (no key ends with `image_newline`)".into(),
+    })?;
+    let w = ckpt.weights(load).at(&lm_root);
+    let h = config.hidden_size();
+    let mm_projector = MmProjector::load(&llava.mm_projector_type, clip.hidden_size, h, &w, device)?;
+    let image_newline = Param::from_tensor(w.tensor("image_newline", [h], device)?);
+
+    match llava.image_aspect_ratio.as_deref() {
+        Some("anyres") | None => {}
+        Some(other) => return Err(ModelError::Config(format!("image_aspect_ratio `{other}` is not supported (Viper uses anyres)"))),
+    }
+    match llava.mm_patch_merge_type.as_deref() {
+        Some("spatial_unpad") | None => {}
+        Some(other) => return Err(ModelError::Config(format!("mm_patch_merge_type `{other}` is not supported (Viper uses spatial_unpad)"))),
+    }
+    let tile = clip.image_size as u32;
+    let pinpoints = llava
+        .image_grid_pinpoints
+        .as_ref()
+        .ok_or_else(|| ModelError::Config("anyres needs image_grid_pinpoints".into()))?;
+    let processor = Processor::new(parse_pinpoints(pinpoints, tile)?, tile, clip.patch_size as u32, preprocessor)?;
+    Ok((VisionSide { vision_tower, mm_projector, image_newline }, processor))
+}
+
+impl<B: SsmBackend> LanguageModel<B> for ViperModel<B> {
+    type Cache = ViperCache<B>;
+
+    fn vocab_size(&self) -> usize {
+        match &self.language {
+            Language::FalconMamba(m) => m.vocab_size(),
+            Language::Jamba(m) => m.vocab_size(),
+        }
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.config.hidden_size()
+    }
+
+    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        match &self.language {
+            Language::FalconMamba(m) => m.embed(ids),
+            Language::Jamba(m) => m.embed(ids),
+        }
+    }
+
+    fn new_cache(&self, batch: usize) -> ViperCache<B> {
+        match &self.language {
+            Language::FalconMamba(m) => ViperCache::FalconMamba(m.new_cache(batch)),
+            Language::Jamba(m) => ViperCache::Jamba(m.new_cache(batch)),
+        }
+    }
+
+    fn forward(&self, embeds: Tensor<B, 3>, cache: &mut ViperCache<B>, logits: Logits) -> Tensor<B, 3> {
+        match (&self.language, cache) {
+            (Language::FalconMamba(m), ViperCache::FalconMamba(c)) => m.forward(embeds, c, logits),
+            (Language::Jamba(m), ViperCache::Jamba(c)) => LanguageModel::forward(m, embeds, c, logits),
+            _ => unreachable!("a ViperCache is only created by the model it belongs to"),
+        }
+    }
+}
+
+impl<B: SsmBackend> LanguageModel<B> for JambaForCausalLM<B> {
+    type Cache = JambaCache<B>;
+
+    fn vocab_size(&self) -> usize {
+        JambaForCausalLM::vocab_size(self)
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        JambaForCausalLM::embed(self, ids)
+    }
+
+    fn new_cache(&self, batch: usize) -> JambaCache<B> {
+        JambaForCausalLM::new_cache(self, batch)
+    }
+
+    fn forward(&self, embeds: Tensor<B, 3>, cache: &mut JambaCache<B>, logits: Logits) -> Tensor<B, 3> {
+        JambaForCausalLM::forward(self, embeds, cache, logits == Logits::Last)
+    }
+}

@@ -1,0 +1,315 @@
+//! Upstream `process_anyres_image` + `CLIPImageProcessor.preprocess`: an image to the
+//! `(1 + tiles, 3, S, S)` f32 `pixel_values` of the vision tower.
+
+use image::RgbImage;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::anyres::{divide_to_patches, parse_pinpoints, resize_and_pad, AnyResGeometry};
+use crate::error::{ProcessorError, Result};
+use crate::resample::resize_bicubic;
+
+/// CLIP's `image_mean`.
+pub const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
+/// CLIP's `image_std`.
+pub const CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
+
+/// The parts of a HuggingFace `CLIPImageProcessor` config (`preprocessor_config.json`, or a Viper
+/// config's `vision_preprocessor_config`) that anyres preprocessing uses; missing keys take CLIP's values.
+///
+/// `resample` and the `do_resize` / `do_center_crop` flags are not read: on the `S`x`S` crops anyres
+/// produces, CLIP's resize and centre crop are identities as long as `size` and `crop_size` equal `S`,
+/// which [`Processor::new`] checks.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct PreprocessorConfig {
+    /// Per-channel mean (R, G, B), subtracted after rescaling.
+    pub image_mean: [f64; 3],
+    /// Per-channel standard deviation (R, G, B), divided by after subtracting the mean.
+    pub image_std: [f64; 3],
+    /// Factor from u8 to the normalised range, `1/255`.
+    pub rescale_factor: f64,
+    /// Whether to multiply by `rescale_factor`.
+    pub do_rescale: bool,
+    /// Whether to apply mean / std.
+    pub do_normalize: bool,
+    /// `size`: `{"shortest_edge": S}` or `{"height": S, "width": S}`; the base image is resized to it.
+    pub size: Option<EdgeSizes>,
+    /// `crop_size`: `{"height": S, "width": S}`; upstream cuts tiles of `crop_size["height"]`.
+    pub crop_size: Option<EdgeSizes>,
+}
+
+impl Default for PreprocessorConfig {
+    fn default() -> Self {
+        Self {
+            image_mean: CLIP_MEAN,
+            image_std: CLIP_STD,
+            rescale_factor: 1.0 / 255.0,
+            do_rescale: true,
+            do_normalize: true,
+            size: None,
+            crop_size: None,
+        }
+    }
+}
+
+/// A `size` / `crop_size` entry of a preprocessor config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct EdgeSizes {
+    /// `shortest_edge`.
+    pub shortest_edge: Option<u32>,
+    /// `height`.
+    pub height: Option<u32>,
+    /// `width`.
+    pub width: Option<u32>,
+}
+
+impl EdgeSizes {
+    fn values(&self) -> impl Iterator<Item = u32> {
+        [self.shortest_edge, self.height, self.width]
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// CLIP-L/14-336's tile size, used when a config carries no `vision_config`.
+const CLIP_IMAGE_SIZE: u32 = 336;
+/// CLIP-L/14-336's patch size, used when a config carries no `vision_config`.
+const CLIP_PATCH_SIZE: u32 = 14;
+
+/// Anyres preprocessing for one model: grid pinpoints, tile size, patch size, normalisation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Processor {
+    pinpoints: Vec<(u32, u32)>,
+    tile_size: u32,
+    patch_size: u32,
+    preprocessor: PreprocessorConfig,
+}
+
+/// The vision tower's input for one image, plus the geometry the `spatial_unpad` merge needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessedImage {
+    /// Row-major f32 of [`shape`](Self::shape): the base image first, then the tiles row-major, each
+    /// channel-first (R, G, B).
+    pub pixel_values: Vec<f32>,
+    /// `[1 + tiles, 3, S, S]`.
+    pub shape: [usize; 4],
+    /// Best resolution, grid, unpad ranges, token count.
+    pub geometry: AnyResGeometry,
+}
+
+impl Processor {
+    /// A processor for `pinpoints` (`(width, height)`, multiples of `tile_size`), tiles of the vision
+    /// tower's `image_size` = `tile_size` pixels cut into `patch_size` patches.
+    ///
+    /// Fails if `tile_size` is not a positive multiple of `patch_size`, a pinpoint is not a positive
+    /// multiple of `tile_size`, or the preprocessor's `size` / `crop_size` differ from `tile_size`.
+    pub fn new(
+        pinpoints: Vec<(u32, u32)>,
+        tile_size: u32,
+        patch_size: u32,
+        preprocessor: PreprocessorConfig,
+    ) -> Result<Self> {
+        if patch_size == 0 || tile_size == 0 || tile_size % patch_size != 0 {
+            return Err(ProcessorError::Config(format!(
+                "image_size {tile_size} is not a positive multiple of patch_size {patch_size}"
+            )));
+        }
+        let value = || format!("{pinpoints:?}");
+        if pinpoints.is_empty() {
+            return Err(ProcessorError::Pinpoints {
+                value: value(),
+                reason: "empty list".into(),
+            });
+        }
+        if let Some((w, h)) = pinpoints
+            .iter()
+            .find(|&&(w, h)| w == 0 || h == 0 || w % tile_size != 0 || h % tile_size != 0)
+        {
+            let reason = format!("{w}x{h} is not a positive multiple of the tile size {tile_size}");
+            return Err(ProcessorError::Pinpoints {
+                value: value(),
+                reason,
+            });
+        }
+        let sizes = preprocessor.size.iter().chain(&preprocessor.crop_size);
+        if let Some(edge) = sizes
+            .flat_map(EdgeSizes::values)
+            .find(|&edge| edge != tile_size)
+        {
+            return Err(ProcessorError::Config(format!(
+                "preprocessor size/crop_size {edge} differs from the vision tower's image_size {tile_size}"
+            )));
+        }
+        Ok(Self {
+            pinpoints,
+            tile_size,
+            patch_size,
+            preprocessor,
+        })
+    }
+
+    /// A processor from a Viper/LLaVA `config.json`: `image_grid_pinpoints` (required),
+    /// `vision_config.image_size` / `patch_size` (required in a `vision_config`; CLIP-L/14-336's 336 / 14
+    /// when there is none), `vision_preprocessor_config` (CLIP defaults when absent).
+    /// `image_aspect_ratio`, when present, must be `"anyres"`.
+    pub fn from_config(config: &Value) -> Result<Self> {
+        let aspect = config.get("image_aspect_ratio").and_then(Value::as_str);
+        if aspect.is_some_and(|a| a != "anyres") {
+            return Err(ProcessorError::Config(format!(
+                "image_aspect_ratio {aspect:?} is not implemented, only \"anyres\""
+            )));
+        }
+        let vision = config.get("vision_config");
+        if vision.is_none() {
+            log::info!("no vision_config in the model config; assuming CLIP-L/14-336 (image 336, patch 14)");
+        }
+        let size = |key: &str, default: u32| -> Result<u32> {
+            let Some(vision) = vision else {
+                return Ok(default);
+            };
+            let value = vision.get(key).unwrap_or(&Value::Null);
+            value
+                .as_u64()
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or_else(|| ProcessorError::Config(format!("vision_config.{key} = {value}")))
+        };
+        let tile_size = size("image_size", CLIP_IMAGE_SIZE)?;
+        let patch_size = size("patch_size", CLIP_PATCH_SIZE)?;
+        let pinpoints = config
+            .get("image_grid_pinpoints")
+            .ok_or_else(|| ProcessorError::Config("config has no image_grid_pinpoints".into()))?;
+        let preprocessor = match config.get("vision_preprocessor_config") {
+            Some(value) => PreprocessorConfig::deserialize(value)
+                .map_err(|e| ProcessorError::Config(format!("vision_preprocessor_config: {e}")))?,
+            None => PreprocessorConfig::default(),
+        };
+        Self::new(
+            parse_pinpoints(pinpoints, tile_size)?,
+            tile_size,
+            patch_size,
+            preprocessor,
+        )
+    }
+
+    /// The grid pinpoints `(width, height)`, in the order ties are broken.
+    pub fn pinpoints(&self) -> &[(u32, u32)] {
+        &self.pinpoints
+    }
+
+    /// Tile size `S` in pixels (the vision tower's `image_size`).
+    pub fn tile_size(&self) -> u32 {
+        self.tile_size
+    }
+
+    /// Anyres geometry of an image of `original = (W, H)`, without touching pixels.
+    pub fn geometry(&self, original: (u32, u32)) -> Result<AnyResGeometry> {
+        AnyResGeometry::new(
+            original,
+            &self.pinpoints,
+            self.tile_size,
+            self.tile_size / self.patch_size,
+        )
+    }
+
+    /// Upstream `process_anyres_image`: base image resized to `S`x`S` (aspect not kept), then the tiles
+    /// of the image resized and padded to the best resolution, each rescaled and normalised.
+    pub fn process(&self, image: &RgbImage) -> Result<ProcessedImage> {
+        let geometry = self.geometry(image.dimensions())?;
+        let s = self.tile_size;
+        let base = resize_bicubic(image, s, s);
+        let tiles = divide_to_patches(&resize_and_pad(image, geometry.best_resolution), s);
+        let shape = [1 + tiles.len(), 3, s as usize, s as usize];
+        let mut pixel_values = Vec::with_capacity(shape.iter().product());
+        for crop in std::iter::once(&base).chain(&tiles) {
+            self.normalize_into(crop, &mut pixel_values);
+        }
+        log::debug!(
+            "anyres {:?} -> best {:?}, grid {:?}, pixel_values {shape:?}",
+            geometry.original_size,
+            geometry.best_resolution,
+            geometry.grid
+        );
+        Ok(ProcessedImage {
+            pixel_values,
+            shape,
+            geometry,
+        })
+    }
+
+    /// `CLIPImageProcessor` rescale (`f32(u8 as f64 * factor)`) and normalise (`(x - mean) / std` in
+    /// f32), appended channel-first.
+    fn normalize_into(&self, crop: &RgbImage, out: &mut Vec<f32>) {
+        let p = &self.preprocessor;
+        let rescale = if p.do_rescale { p.rescale_factor } else { 1.0 };
+        for c in 0..3 {
+            let (mean, std) = (p.image_mean[c] as f32, p.image_std[c] as f32);
+            out.extend(crop.pixels().map(|px| {
+                let x = (f64::from(px[c]) * rescale) as f32;
+                if p.do_normalize {
+                    (x - mean) / std
+                } else {
+                    x
+                }
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn clip_defaults_and_overrides() {
+        let p: PreprocessorConfig =
+            serde_json::from_value(json!({"image_mean": [0.5, 0.5, 0.5]})).unwrap();
+        assert_eq!(p.image_mean, [0.5; 3]);
+        assert_eq!(p.image_std, CLIP_STD);
+        assert_eq!(p.rescale_factor, 1.0 / 255.0);
+    }
+
+    #[test]
+    fn config_without_vision_config_is_clip_l_336() {
+        let config = json!({"image_aspect_ratio": "anyres", "image_grid_pinpoints": "[(336, 672), (672, 336)]"});
+        let processor = Processor::from_config(&config).unwrap();
+        assert_eq!(processor.tile_size(), 336);
+        assert_eq!(
+            processor.geometry((100, 200)).unwrap().num_image_tokens(),
+            576 + 48 * 25
+        );
+    }
+
+    #[test]
+    fn inconsistent_configs_are_rejected() {
+        let pinpoints = vec![(56, 56)];
+        let err =
+            Processor::new(pinpoints.clone(), 56, 15, PreprocessorConfig::default()).unwrap_err();
+        assert!(matches!(err, ProcessorError::Config(_)), "{err}");
+        let crop = Some(EdgeSizes {
+            shortest_edge: None,
+            height: Some(336),
+            width: Some(336),
+        });
+        let preprocessor = PreprocessorConfig {
+            crop_size: crop,
+            ..Default::default()
+        };
+        let err = Processor::new(pinpoints, 56, 14, preprocessor).unwrap_err();
+        assert!(err.to_string().contains("336"), "{err}");
+        for pinpoints in [vec![(60, 56)], vec![(0, 56)], vec![]] {
+            let err = Processor::new(pinpoints, 56, 14, PreprocessorConfig::default()).unwrap_err();
+            assert!(matches!(err, ProcessorError::Pinpoints { .. }), "{err}");
+        }
+        let config =
+            json!({"image_grid_pinpoints": [[56, 56]], "vision_config": {"image_size": 56}});
+        let err = Processor::from_config(&config).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid preprocessing configuration: vision_config.patch_size = null"
+        );
+        let err = Processor::from_config(&json!({"image_aspect_ratio": "pad"})).unwrap_err();
+        assert!(err.to_string().contains("pad"), "{err}");
+    }
+}

@@ -1,0 +1,271 @@
+//! GPU benchmark of the SSM kernels and of a falcon-mamba-7b-shaped model (random bf16 weights) on CUDA.
+//!
+//! ```text
+//! cargo build --release -p viper-examples --features cuda,fusion,autotune --bin bench
+//! bench [--out BENCHMARKS.md] [--layers 64] [--quick]
+//! ```
+//!
+//! Prints a markdown report and writes it to `--out`:
+//! 1. device-to-device copy bandwidth (an element-wise `x · 1` over 1 GiB, bytes read + written);
+//! 2. scan and conv kernel times at d_inner 8192, d_state 16, batch 1, L ∈ {1, 512, 2048, 8192, 29000},
+//!    with the bytes each must move at least (inputs once, outputs once) over its time;
+//! 3. the model: prefill tokens/s at L = 2048 and 8192, decode tokens/s at batch 1 (greedy, the token read
+//!    back every step as generation does), on the plain `CubeBackend` and on Burn's default `Cuda`
+//!    (fusion-wrapped when built with `fusion`).
+//! Peak GPU memory comes from `nvidia-smi` sampled by the caller (see BENCHMARKS.md).
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use burn::module::Param;
+use burn::nn::{Embedding, Linear};
+use burn::prelude::*;
+use burn::tensor::{DType, Distribution, FloatDType};
+use viper_model::{FalconMambaCache, FalconMambaConfig, FalconMambaForCausalLM, LanguageModel, Logits};
+use viper_model::falcon_mamba::{FalconMambaBlock, FalconMambaModel};
+use viper_ssm::{ConvInput, MambaMixer, RmsNorm, ScanInput, SsmBackend};
+
+type Plain = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, half::bf16, i32, u8>;
+type Default_ = burn::backend::Cuda<half::bf16>;
+
+const D_INNER: usize = 8192;
+const D_STATE: usize = 16;
+const D_MODEL: usize = 4096;
+const SCAN_LENGTHS: [usize; 5] = [1, 512, 2048, 8192, 29000];
+
+fn sync<B: Backend>(dev: &B::Device) {
+    B::sync(dev).expect("device sync");
+}
+
+/// Median seconds of `f` over `reps` runs (after `warm` untimed runs), each run synchronised.
+fn time<B: Backend>(dev: &B::Device, warm: usize, reps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warm {
+        f();
+    }
+    sync::<B>(dev);
+    let mut ts = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        f();
+        sync::<B>(dev);
+        ts.push(t.elapsed().as_secs_f64());
+    }
+    ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    ts[ts.len() / 2]
+}
+
+/// Mean seconds per call over a batch of `reps` back-to-back calls (one sync at the end): for
+/// launch-bound calls where a per-call sync would dominate.
+fn time_batched<B: Backend>(dev: &B::Device, reps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    sync::<B>(dev);
+    let t = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    sync::<B>(dev);
+    t.elapsed().as_secs_f64() / reps as f64
+}
+
+fn rand<B: Backend, const D: usize>(shape: [usize; D], lo: f64, hi: f64, dtype: DType, dev: &B::Device) -> Tensor<B, D> {
+    Tensor::<B, D>::random(shape, Distribution::Uniform(lo, hi), dev).cast(FloatDType::from(dtype))
+}
+
+fn copy_bandwidth<B: Backend>(dev: &B::Device) -> f64 {
+    let n = 1usize << 28; // 1 GiB of f32
+    let x = rand::<B, 1>([n], -1.0, 1.0, DType::F32, dev);
+    let s = time::<B>(dev, 3, 20, || {
+        let _ = x.clone().mul_scalar(1.0);
+    });
+    2.0 * (n * 4) as f64 / s
+}
+
+fn scan_inputs<B: Backend>(l: usize, dtype: DType, dev: &B::Device) -> ScanInput<B> {
+    ScanInput {
+        u: rand([1, l, D_INNER], -2.0, 2.0, dtype, dev),
+        delta: rand([1, l, D_INNER], -4.0, 1.0, dtype, dev),
+        delta_bias: rand([D_INNER], -1.0, 1.0, dtype, dev),
+        a_log: rand([D_INNER, D_STATE], 0.0, 2.7, dtype, dev),
+        b: rand([1, l, D_STATE], -1.0, 1.0, dtype, dev),
+        c: rand([1, l, D_STATE], -1.0, 1.0, dtype, dev),
+        d: rand([D_INNER], -1.0, 1.0, dtype, dev),
+        z: rand([1, l, D_INNER], -3.0, 3.0, dtype, dev),
+        state: rand([1, D_INNER, D_STATE], -1.0, 1.0, dtype, dev),
+    }
+}
+
+/// Kernel table rows: L, dtype, scan time, scan bytes/s, conv time, conv bytes/s.
+fn kernel_table<B: SsmBackend>(dev: &B::Device, copy_bw: f64, quick: bool, report: &mut String) {
+    writeln!(report, "| L | dtype | scan time | scan min. bytes | scan bytes/s | % of copy | conv time | conv bytes/s |").unwrap();
+    writeln!(report, "|---:|---|---:|---:|---:|---:|---:|---:|").unwrap();
+    for dtype in [DType::BF16, DType::F32] {
+        for &l in SCAN_LENGTHS.iter().filter(|&&l| !quick || l <= 2048) {
+            let e = if dtype == DType::BF16 { 2 } else { 4 };
+            let x = scan_inputs::<B>(l, dtype, dev);
+            let reps = if l <= 512 { 200 } else { 20 };
+            let scan = |x: &ScanInput<B>| {
+                let _ = if l == 1 { B::selective_state_update(x.clone()) } else { B::selective_scan(x.clone()) };
+            };
+            let t_scan = if l == 1 { time_batched::<B>(dev, reps, || scan(&x)) } else { time::<B>(dev, 3, reps, || scan(&x)) };
+            // u, Δ, z read and o written once; B, C read once; state read and written once.
+            let scan_bytes = (4 * l * D_INNER + 2 * l * D_STATE + 2 * D_INNER * D_STATE) * e;
+            let conv_in = ConvInput {
+                x: x.u.clone(),
+                window: rand([1, 4, D_INNER], -1.0, 1.0, dtype, dev),
+                weight: rand([D_INNER, 4], -1.0, 1.0, dtype, dev),
+                bias: Some(x.d.clone()),
+            };
+            let conv = |c: &ConvInput<B>| {
+                let _ = if l == 1 { B::causal_conv1d_update(c.clone()) } else { B::causal_conv1d(c.clone()) };
+            };
+            let t_conv = if l == 1 { time_batched::<B>(dev, reps, || conv(&conv_in)) } else { time::<B>(dev, 3, reps, || conv(&conv_in)) };
+            // x read and out written once; window read and written; taps read.
+            let conv_bytes = (2 * l * D_INNER + 2 * 4 * D_INNER + 5 * D_INNER) * e;
+            let (bw_scan, bw_conv) = (scan_bytes as f64 / t_scan, conv_bytes as f64 / t_conv);
+            let line = format!(
+                "| {l} | {dtype:?} | {:.1} µs | {:.1} MB | {:.0} GB/s | {:.0}% | {:.1} µs | {:.0} GB/s |",
+                t_scan * 1e6,
+                scan_bytes as f64 / 1e6,
+                bw_scan / 1e9,
+                100.0 * bw_scan / copy_bw,
+                t_conv * 1e6,
+                bw_conv / 1e9
+            );
+            println!("{line}");
+            writeln!(report, "{line}").unwrap();
+        }
+    }
+}
+
+fn linear<B: Backend>(d_in: usize, d_out: usize, dev: &B::Device) -> Linear<B> {
+    let s = 1.0 / (d_in as f64).sqrt();
+    Linear { weight: Param::from_tensor(rand([d_in, d_out], -s, s, DType::BF16, dev)), bias: None }
+}
+
+fn norm<B: Backend>(d: usize, eps: f64, dev: &B::Device) -> RmsNorm<B> {
+    RmsNorm { weight: Param::from_tensor(Tensor::ones([d], (dev, DType::BF16))), eps }
+}
+
+/// falcon-mamba-7b's shapes with random bf16 weights.
+fn model<B: SsmBackend>(layers: usize, dev: &B::Device) -> FalconMambaForCausalLM<B> {
+    let config: FalconMambaConfig = serde_json::from_value(serde_json::json!({
+        "hidden_size": D_MODEL, "num_hidden_layers": layers, "vocab_size": 65024, "state_size": D_STATE,
+        "conv_kernel": 4, "time_step_rank": 256, "intermediate_size": D_INNER, "use_conv_bias": true,
+        "residual_in_fp32": true, "tie_word_embeddings": false,
+    }))
+    .expect("config");
+    let m = config.mamba();
+    let blocks = (0..layers)
+        .map(|_| FalconMambaBlock {
+            norm: norm(D_MODEL, config.layer_norm_epsilon, dev),
+            mixer: MambaMixer {
+                in_proj: linear(D_MODEL, 2 * D_INNER, dev),
+                conv_weight: Param::from_tensor(rand([D_INNER, 4], -0.5, 0.5, DType::BF16, dev)),
+                conv_bias: Some(Param::from_tensor(rand([D_INNER], -0.5, 0.5, DType::BF16, dev))),
+                x_proj: linear(D_INNER, m.dt_rank + 2 * D_STATE, dev),
+                dt_proj: linear(m.dt_rank, D_INNER, dev),
+                dt_bias: Param::from_tensor(rand([D_INNER], -4.0, -2.0, DType::BF16, dev)),
+                a_log: Param::from_tensor(rand([D_INNER, D_STATE], 0.0, 2.7, DType::BF16, dev)),
+                d: Param::from_tensor(Tensor::ones([D_INNER], (dev, DType::BF16))),
+                out_proj: linear(D_INNER, D_MODEL, dev),
+                norms: None,
+                config: m.clone(),
+            },
+        })
+        .collect();
+    FalconMambaForCausalLM {
+        backbone: FalconMambaModel {
+            embeddings: Embedding { weight: Param::from_tensor(rand([65024, D_MODEL], -1.0, 1.0, DType::BF16, dev)) },
+            layers: blocks,
+            norm_f: norm(D_MODEL, config.layer_norm_epsilon, dev),
+        },
+        lm_head: linear(D_MODEL, 65024, dev),
+        config,
+    }
+}
+
+/// Prefill tokens/s at each L and decode tokens/s at batch 1.
+fn model_bench<B: SsmBackend>(name: &str, layers: usize, quick: bool, dev: &B::Device, report: &mut String) {
+    let t = Instant::now();
+    let m = model::<B>(layers, dev);
+    sync::<B>(dev);
+    println!("[{name}] model built in {:.1} s", t.elapsed().as_secs_f64());
+    let prefill_lengths: &[usize] = if quick { &[512] } else { &[2048, 8192] };
+    for &l in prefill_lengths {
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new((0..l as i64).map(|i| i % 60000).collect::<Vec<_>>(), [1, l]), dev);
+        let run = || {
+            let mut cache: FalconMambaCache<B> = m.new_cache(1);
+            let logits = m.forward(m.embed(ids.clone()), &mut cache, Logits::Last);
+            let _ = logits.argmax(2).into_data();
+        };
+        let s = time::<B>(dev, 1, 3, run);
+        let line = format!("| {name} | prefill L = {l} | {:.0} tokens/s | {:.1} ms |", l as f64 / s, s * 1e3);
+        println!("{line}");
+        writeln!(report, "{line}").unwrap();
+    }
+    // Decode: 32-token prompt, then greedy steps, each reading the next id back.
+    let steps = if quick { 16 } else { 64 };
+    let prompt = Tensor::<B, 2, Int>::from_data(TensorData::new((1..=32i64).collect::<Vec<_>>(), [1, 32]), dev);
+    let decode = |steps: usize| -> f64 {
+        let mut cache: FalconMambaCache<B> = m.new_cache(1);
+        let logits = m.forward(m.embed(prompt.clone()), &mut cache, Logits::Last);
+        let mut next = logits.argmax(2).reshape([1, 1]);
+        let _ = next.clone().into_data();
+        let t = Instant::now();
+        for _ in 0..steps {
+            let logits = m.forward(m.embed(next), &mut cache, Logits::Last);
+            next = logits.argmax(2).reshape([1, 1]);
+            let _ = next.clone().into_data(); // the host needs the id (stop checks, detokenising)
+        }
+        t.elapsed().as_secs_f64()
+    };
+    decode(4); // compile / tune the decode path
+    let s = decode(steps);
+    let line = format!("| {name} | decode, batch 1 ({steps} steps) | {:.1} tokens/s | {:.2} ms/token |", steps as f64 / s, s * 1e3 / steps as f64);
+    println!("{line}");
+    writeln!(report, "{line}").unwrap();
+}
+
+fn gpu_name() -> String {
+    std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name,driver_version", "--format=csv,noheader"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown GPU".into())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let out = arg("--out").unwrap_or_else(|| "BENCHMARKS.md".into());
+    let layers: usize = arg("--layers").and_then(|v| v.parse().ok()).unwrap_or(64);
+    let quick = args.iter().any(|a| a == "--quick");
+    let only_kernels = args.iter().any(|a| a == "--kernels-only");
+
+    let dev = Default::default();
+    let mut report = String::new();
+    let gpu = gpu_name();
+    writeln!(report, "Card: {gpu}\n").unwrap();
+
+    let copy_bw = copy_bandwidth::<Plain>(&dev);
+    let line = format!("Device-to-device copy (element-wise x·1 over 1 GiB f32, read + write): {:.0} GB/s\n", copy_bw / 1e9);
+    println!("{line}");
+    report.push_str(&line);
+    writeln!(report, "\n### Kernels (batch 1, d_inner {D_INNER}, d_state {D_STATE}; plain CubeBackend)\n").unwrap();
+    kernel_table::<Plain>(&dev, copy_bw, quick, &mut report);
+
+    if !only_kernels {
+        writeln!(report, "\n### falcon-mamba-7b-shaped model ({layers} layers, hidden {D_MODEL}, random bf16 weights)\n").unwrap();
+        writeln!(report, "| backend | measurement | result | time |").unwrap();
+        writeln!(report, "|---|---|---:|---:|").unwrap();
+        model_bench::<Plain>("CubeBackend", layers, quick, &dev, &mut report);
+        Plain::memory_cleanup(&dev);
+        model_bench::<Default_>("Cuda (Burn default)", layers, quick, &dev, &mut report);
+    }
+    std::fs::write(&out, &report).expect("write report");
+    println!("\n{report}");
+}

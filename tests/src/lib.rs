@@ -1,0 +1,1 @@
+//! End-to-end parity tests live in `tests/`; this library is empty.

@@ -1,0 +1,87 @@
+//! Every case of every checkpoint in fixtures/reference (upstream Viper outputs, see its
+//! UPSTREAM_README.md): prompt ids, each intermediate tensor, last-position logits and 16 greedy
+//! tokens, through the public pipeline on the NdArray backend.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::NdArray;
+use burn::prelude::*;
+use viper_checkpoint::Checkpoint;
+use viper_model::{GenerationConfig, Viper, ViperLoadOptions};
+use viper_processor::ImageLoader;
+
+type B = NdArray;
+
+fn reference_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/reference").join(name)
+}
+
+/// `(max |a − b|, max |a − b| / max |b|)`.
+fn errors(a: &[f32], b: &[f32]) -> (f32, f32) {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    let abs = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let den = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+    assert!(den > 0.0 && abs.is_finite(), "degenerate comparison");
+    (abs, abs / den)
+}
+
+fn host<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().unwrap()
+}
+
+fn check_close(what: &str, ours: Vec<f32>, reference: &Checkpoint, key: &str, tol: f32) {
+    let (want, _) = reference.read_f32(key).unwrap();
+    let (abs, rel) = errors(&ours, &want);
+    assert!(rel < tol, "{key} ({what}): max abs {abs:e}, rel {rel:e} ≥ {tol:e}");
+}
+
+fn run(name: &str) {
+    let dir = reference_dir(name);
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let reference = Checkpoint::open(dir.join("reference.safetensors")).unwrap();
+    let viper = Viper::<B>::load(&dir, ViperLoadOptions::default(), &Default::default()).unwrap();
+    let config = GenerationConfig { max_new_tokens: 16, ignore_eos: true, ..viper.default_generation() };
+    let cases = meta["cases"].as_array().unwrap();
+    assert!(cases.len() >= 5);
+    for case in cases {
+        let case_name = case["name"].as_str().unwrap();
+        let images: Vec<_> = case["image"]
+            .as_str()
+            .map(|p| ImageLoader::default().open(Path::new(&dir).join(p)).unwrap())
+            .into_iter()
+            .collect();
+        let question = case["question"].as_str().unwrap();
+        let conversation = Viper::<B>::conversation(question, images);
+        let (prepared, generation) = viper.generate(&conversation, &config, |_| {}).unwrap();
+
+        assert_eq!(prepared.prompt, case["prompt"].as_str().unwrap(), "{name}/{case_name}: prompt");
+        let want_ids: Vec<i64> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(prepared.tokens.ids, want_ids, "{name}/{case_name}: input_ids");
+        let len = prepared.inputs_embeds.dims()[1];
+        assert_eq!(len as u64, case["inputs_embeds_len"].as_u64().unwrap(), "{name}/{case_name}: inputs_embeds_len");
+
+        let key = |t: &str| format!("{case_name}.{t}");
+        if let (Some(enc), Some(image)) = (&prepared.encoding, prepared.images.first()) {
+            let g = &image.geometry;
+            assert_eq!([g.grid.0, g.grid.1], [case["grid_w_h"][0].as_u64().unwrap() as u32, case["grid_w_h"][1].as_u64().unwrap() as u32]);
+            check_close("pixels", image.pixel_values.clone(), &reference, &key("pixel_values"), 1e-6);
+            check_close("tower", host(enc.clip_features.clone()), &reference, &key("clip_features"), 1e-4);
+            check_close("projector", host(enc.projected_features.clone()), &reference, &key("projected_features"), 1e-4);
+            check_close("merge", host(enc.image_features[0].clone()), &reference, &key("image_features"), 1e-4);
+        }
+        check_close("splice", host(prepared.inputs_embeds.clone()), &reference, &key("inputs_embeds"), 1e-4);
+        check_close("logits", generation.prompt_logits.clone(), &reference, &key("last_logits"), 1e-3);
+        let want_gen: Vec<u32> = case["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(generation.ids, want_gen, "{name}/{case_name}: generated_ids");
+    }
+}
+
+#[test]
+fn mamba_s1_matches_upstream() {
+    run("mamba-s1");
+}
+
+#[test]
+fn jamba_s1_matches_upstream() {
+    run("jamba-s1");
+}
