@@ -126,7 +126,7 @@ impl<B: SsmBackend> Viper<B> {
     pub fn chat(&self, system: Option<&str>) -> ChatSession<'_, B> {
         let mut conversation = Conversation::new();
         conversation.system = Some(system.unwrap_or(viper_chat_template::VIPER_SYSTEM_PROMPT).to_string());
-        ChatSession { viper: self, conversation, cache: self.model.new_cache(1), seen: Vec::new(), pending: None }
+        ChatSession { viper: self, conversation, cache: self.model.new_cache(1), seen: Vec::new(), pending: None, last_prefill: 0 }
     }
 }
 
@@ -142,6 +142,8 @@ pub struct ChatSession<'a, B: SsmBackend> {
     seen: Vec<i64>,
     /// The last generated id, not yet fed to the cache.
     pending: Option<u32>,
+    /// Positions the last [`ask`](Self::ask) prefilled (the whole prompt, or only the new turn).
+    pub last_prefill: usize,
 }
 
 impl<B: SsmBackend> ChatSession<'_, B> {
@@ -153,22 +155,24 @@ impl<B: SsmBackend> ChatSession<'_, B> {
         let mut conversation = self.conversation.clone().user_with_images(text, images);
         let prompt = viper.template.render(&conversation, viper.tokenizer.special_tokens(), true)?;
         let tokens = viper.tokenizer.encode_prompt(&prompt)?;
-        let mut seen = self.seen.clone();
-        seen.extend(self.pending.map(i64::from));
-        let (embeds, consumed) = if !seen.is_empty() && tokens.ids.starts_with(&seen) {
+        // The cache holds `seen`; the last answer's final id is still to be fed.
+        let mut expected = self.seen.clone();
+        expected.extend(self.pending.map(i64::from));
+        let (embeds, consumed) = if !self.seen.is_empty() && tokens.ids.starts_with(&expected) {
             let new_images: Vec<&RgbImage> = conversation.turns.last().map(|t| t.images.iter().collect()).unwrap_or_default();
-            let suffix = tokens.ids[seen.len()..].to_vec();
+            let suffix = tokens.ids[self.seen.len()..].to_vec();
             let positions = suffix.iter().enumerate().filter(|(_, &id)| id == IMAGE_TOKEN_INDEX).map(|(i, _)| i).collect();
             let prepared = viper.embed(prompt, PromptTokens { ids: suffix, image_positions: positions }, new_images)?;
             (prepared.inputs_embeds, tokens.ids.clone())
         } else {
-            if !seen.is_empty() {
+            if !self.seen.is_empty() {
                 log::info!("the new prompt does not extend the cached one: prefilling from scratch");
             }
             self.cache = viper.model.new_cache(1);
             let prepared = viper.embed(prompt, tokens.clone(), conversation.images().collect())?;
             (prepared.inputs_embeds, tokens.ids.clone())
         };
+        self.last_prefill = embeds.dims()[1];
         let generation = generate(&viper.model, &mut self.cache, embeds, config, &viper.tokenizer, on_text)?;
         self.seen = consumed;
         if let Some((&last, rest)) = generation.ids.split_last() {

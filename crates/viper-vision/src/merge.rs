@@ -37,7 +37,12 @@ impl UnpadRegion {
 /// `new = int(orig_other · (cur / orig))` (f64, truncation), `pad = (cur − new) // 2`, and the kept
 /// extent is `cur − 2·pad`, which can be `new + 1` (97×61 on an 8×8 grid keeps 6 rows, new = 5).
 /// Equal aspect ratios crop columns (by nothing, for a square image on a square grid).
-pub fn unpad_region(grid_rows: usize, grid_cols: usize, image_width: usize, image_height: usize) -> Result<UnpadRegion> {
+pub fn unpad_region(
+    grid_rows: usize,
+    grid_cols: usize,
+    image_width: usize,
+    image_height: usize,
+) -> Result<UnpadRegion> {
     if grid_rows == 0 || grid_cols == 0 || image_width == 0 || image_height == 0 {
         return Err(VisionError::Input(format!(
             "unpad needs a non-empty grid and image, got grid {grid_rows}x{grid_cols} (rows x cols) and image \
@@ -50,11 +55,21 @@ pub fn unpad_region(grid_rows: usize, grid_cols: usize, image_width: usize, imag
     Ok(if w / h > cur_w / cur_h {
         let new_h = (h * (cur_w / w)) as usize;
         let pad = grid_rows.saturating_sub(new_h) / 2;
-        UnpadRegion { top: pad, left: 0, rows: grid_rows - 2 * pad, cols: grid_cols }
+        UnpadRegion {
+            top: pad,
+            left: 0,
+            rows: grid_rows - 2 * pad,
+            cols: grid_cols,
+        }
     } else {
         let new_w = (w * (cur_h / h)) as usize;
         let pad = grid_cols.saturating_sub(new_w) / 2;
-        UnpadRegion { top: 0, left: pad, rows: grid_rows, cols: grid_cols - 2 * pad }
+        UnpadRegion {
+            top: 0,
+            left: pad,
+            rows: grid_rows,
+            cols: grid_cols - 2 * pad,
+        }
     })
 }
 
@@ -81,17 +96,25 @@ pub fn spatial_unpad_merge<B: Backend>(
     }
     let side = p.isqrt();
     if side * side != p {
-        return Err(VisionError::Input(format!("{p} tokens per crop is not a square grid (CLS not dropped?)")));
+        return Err(VisionError::Input(format!(
+            "{p} tokens per crop is not a square grid (CLS not dropped?)"
+        )));
     }
     if image_newline.dims() != [d] {
-        return Err(VisionError::Input(format!("image_newline has shape {:?}, features have width {d}", image_newline.dims())));
+        return Err(VisionError::Input(format!(
+            "image_newline has shape {:?}, features have width {d}",
+            image_newline.dims()
+        )));
     }
     let region = unpad_region(rows * side, cols * side, image_size.0, image_size.1)?;
     let base = features.clone().narrow(0, 0, 1).reshape([p, d]);
     if region.rows == 0 {
         return Ok(base);
     }
-    let newline = image_newline.cast(FloatDType::from(base.dtype())).reshape([1, 1, d]).expand([region.rows, 1, d]);
+    let newline = image_newline
+        .cast(FloatDType::from(base.dtype()))
+        .reshape([1, 1, d])
+        .expand([region.rows, 1, d]);
     let lines = if region.cols == 0 {
         newline
     } else {
@@ -101,8 +124,13 @@ pub fn spatial_unpad_merge<B: Backend>(
             .reshape([rows, cols, side, side, d])
             .permute([0, 2, 1, 3, 4])
             .reshape([rows * side, cols * side, d]);
-        let kept = grid.narrow(0, region.top, region.rows).narrow(1, region.left, region.cols); // (H', W', D)
+        let kept = grid
+            .narrow(0, region.top, region.rows)
+            .narrow(1, region.left, region.cols); // (H', W', D)
         Tensor::cat(vec![kept, newline], 1)
     }; // (H', W' + 1, D)
-    Ok(Tensor::cat(vec![base, lines.reshape([region.num_tokens(), d])], 0))
+    Ok(Tensor::cat(
+        vec![base, lines.reshape([region.num_tokens(), d])],
+        0,
+    ))
 }

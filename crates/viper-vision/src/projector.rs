@@ -62,12 +62,14 @@ impl ProjectorType {
         if w.contains("weight") {
             return Self::Linear;
         }
-        match (0..).take_while(|i| w.contains(&format!("{}.weight", 2 * i))).count() {
+        match (0..)
+            .take_while(|i| w.contains(&format!("{}.weight", 2 * i)))
+            .count()
+        {
             0 => Self::Identity,
             n => Self::MlpGelu(n),
         }
     }
-
 }
 
 /// `mm_projector`: maps each feature token from `mm_hidden_size` to `hidden_size`.
@@ -101,7 +103,11 @@ impl<B: Backend> MmProjector<B> {
         // No tensors at all for a non-identity type is a missing-weights problem: the loads below name
         // the absent key.
         if found != kind && found != ProjectorType::Identity {
-            let key = seq.key(if found == ProjectorType::Linear { "weight" } else { "0.weight" });
+            let key = seq.key(if found == ProjectorType::Linear {
+                "weight"
+            } else {
+                "0.weight"
+            });
             return Err(VisionError::ProjectorMismatch {
                 config: projector_type.to_string(),
                 found: format!("{found} (`{key}`)"),
@@ -114,7 +120,9 @@ impl<B: Backend> MmProjector<B> {
             });
         }
         let linears = match kind {
-            ProjectorType::Linear => vec![w.linear("mm_projector", mm_hidden_size, hidden_size, true, device)?],
+            ProjectorType::Linear => {
+                vec![w.linear("mm_projector", mm_hidden_size, hidden_size, true, device)?]
+            }
             ProjectorType::MlpGelu(n) => (0..n)
                 .map(|i| {
                     let d_in = if i == 0 { mm_hidden_size } else { hidden_size };
@@ -123,7 +131,11 @@ impl<B: Backend> MmProjector<B> {
                 .collect::<std::result::Result<_, _>>()?,
             ProjectorType::Identity => Vec::new(),
         };
-        Ok(Self { linears, kind, d_in: mm_hidden_size })
+        Ok(Self {
+            linears,
+            kind,
+            d_in: mm_hidden_size,
+        })
     }
 
     /// `(…, mm_hidden_size)` → `(…, hidden_size)`: `linear_{N-1}(gelu(… gelu(linear_0(x))))`.

@@ -1,0 +1,347 @@
+//! `viper`: chat about images with a Viper checkpoint from the command line.
+//!
+//! ```text
+//! viper generate --model DIR --image PATH --prompt TEXT [--max-new-tokens N] [--json OUT] [--dump DIR]
+//! viper chat --model DIR [--image PATH]
+//! ```
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use burn::prelude::*;
+use burn::tensor::FloatDType;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use viper_model::{GenerationConfig, LanguageModel, PreparedPrompt, SamplingConfig, Viper, ViperLoadOptions};
+use viper_processor::ImageLoader;
+use viper_ssm::SsmBackend;
+
+#[derive(Parser)]
+#[command(name = "viper", version, about = "Viper vision-language models (Viper-Mamba-7B, Viper-Jamba-52B) on Burn")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer one question about zero or more images.
+    Generate(GenerateArgs),
+    /// An interactive multi-turn conversation (the model's state is kept between turns).
+    Chat(CommonArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendKind {
+    /// CPU (always available).
+    Ndarray,
+    /// wgpu (Vulkan, Metal, DX12); needs the `wgpu` feature.
+    Wgpu,
+    /// NVIDIA CUDA; needs the `cuda` feature.
+    Cuda,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// Checkpoint directory (or, with the `hub` feature, a HuggingFace hub id).
+    #[arg(long)]
+    model: String,
+    /// Image file(s), in prompt order (each adds `<image>\n` before the prompt).
+    #[arg(long = "image")]
+    images: Vec<PathBuf>,
+    /// A CLIP checkpoint for a frozen vision tower that is not stored in the Viper checkpoint.
+    #[arg(long)]
+    vision_tower: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "ndarray")]
+    backend: BackendKind,
+    /// Weight float type on the device (default: f32; bf16 is what the published checkpoints hold).
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    /// Keep generating past the end-of-turn token.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// 0 = greedy (the reference's setting).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when the answer contains this text (repeatable).
+    #[arg(long = "stop")]
+    stop_strings: Vec<String>,
+    /// Refuse prompts beyond `tokenizer_model_max_length` instead of truncating them like upstream.
+    #[arg(long)]
+    strict_context: bool,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The question.
+    #[arg(long)]
+    prompt: String,
+    /// Write input_ids, inputs_embeds_len, generated_ids, text and last_logits as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write pixel_values, clip_features, projected_features, image_features, inputs_embeds
+    /// to DIR/tensors.safetensors.
+    #[arg(long)]
+    dump: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping causes whose text the message already holds
+/// (typed errors often print their source themselves).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !msg.contains(&cause) {
+            msg = format!("{msg}: {cause}");
+        }
+    }
+    msg.replace('\n', " ")
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let common = match &cli.command {
+        Command::Generate(g) => &g.common,
+        Command::Chat(c) => c,
+    };
+    match common.backend {
+        BackendKind::Ndarray => {
+            if matches!(common.dtype, Some(DtypeArg::F16 | DtypeArg::Bf16)) {
+                bail!("the ndarray backend computes in f32 only: drop --dtype or pick --backend wgpu/cuda");
+            }
+            dispatch::<burn::backend::NdArray>(&cli, Default::default())
+        }
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => dispatch::<burn::backend::Wgpu>(&cli, Default::default()),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => dispatch::<burn::backend::Cuda>(&cli, Default::default()),
+        #[allow(unreachable_patterns)]
+        _ => bail!("this binary was built without that backend: rebuild with `--features wgpu` or `--features cuda`"),
+    }
+}
+
+fn dispatch<B: SsmBackend>(cli: &Cli, device: B::Device) -> Result<()> {
+    match &cli.command {
+        Command::Generate(args) => generate::<B>(args, &device),
+        Command::Chat(args) => chat::<B>(args, &device),
+    }
+}
+
+fn spinner(message: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner().with_message(message.to_string());
+    bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("static template"));
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+/// A local directory, or (with the `hub` feature) a hub id downloaded with resumable transfers.
+fn resolve_model(model: &str) -> Result<PathBuf> {
+    let path = PathBuf::from(model);
+    if path.is_dir() {
+        return Ok(path);
+    }
+    #[cfg(feature = "hub")]
+    if model.contains('/') && !path.exists() {
+        return download(model);
+    }
+    bail!("model directory {model} not found")
+}
+
+#[cfg(feature = "hub")]
+fn download(id: &str) -> Result<PathBuf> {
+    let api = hf_hub::api::sync::ApiBuilder::new().with_progress(true).build()?;
+    let repo = api.model(id.to_string());
+    let config = repo.get("config.json").with_context(|| format!("{id}: config.json"))?;
+    let info = repo.info().with_context(|| format!("{id}: listing files"))?;
+    for file in info.siblings.iter().map(|s| s.rfilename.as_str()) {
+        let wanted = file.ends_with(".safetensors") || file.ends_with(".json") || file.ends_with(".jinja");
+        if wanted {
+            repo.get(file).with_context(|| format!("{id}: {file}"))?;
+        }
+    }
+    Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+fn load<B: SsmBackend>(args: &CommonArgs, device: &B::Device) -> Result<Viper<B>> {
+    let dir = resolve_model(&args.model)?;
+    let options = ViperLoadOptions {
+        dtype: args.dtype.map(|d| match d {
+            DtypeArg::F32 => FloatDType::F32,
+            DtypeArg::F16 => FloatDType::F16,
+            DtypeArg::Bf16 => FloatDType::BF16,
+        }),
+        vision_tower: args.vision_tower.clone(),
+        strict_context: args.strict_context,
+    };
+    let bar = spinner(&format!("loading {}", dir.display()));
+    let viper = Viper::<B>::load(&dir, options, device).with_context(|| format!("loading {}", dir.display()))?;
+    bar.finish_and_clear();
+    Ok(viper)
+}
+
+fn generation_config<B: SsmBackend>(viper: &Viper<B>, args: &CommonArgs) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        sampling: SamplingConfig {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+            repetition_penalty: args.repetition_penalty,
+            seed: args.seed,
+        },
+        stop_strings: args.stop_strings.clone(),
+        ignore_eos: args.ignore_eos,
+        ..viper.default_generation()
+    }
+}
+
+fn open_images(paths: &[PathBuf]) -> Result<Vec<viper_processor::RgbImage>> {
+    let loader = ImageLoader::default();
+    paths.iter().map(|p| loader.open(p).context("cannot open image")).collect()
+}
+
+fn generate<B: SsmBackend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
+    let viper = load::<B>(&args.common, device)?;
+    let config = generation_config(&viper, &args.common);
+    let conversation = Viper::<B>::conversation(&args.prompt, open_images(&args.common.images)?);
+
+    let bar = spinner("encoding images and prompt");
+    let prepared = viper.prepare(&conversation)?;
+    let prompt_len = prepared.inputs_embeds.dims()[1];
+    bar.set_message(format!("prefill of {prompt_len} positions"));
+    let mut cache = viper.model.new_cache(1);
+    let start = Instant::now();
+    let mut first = true;
+    let mut out = std::io::stdout().lock();
+    let generation = viper_model::generate(&viper.model, &mut cache, prepared.inputs_embeds.clone(), &config, &viper.tokenizer, |piece| {
+        if first {
+            bar.finish_and_clear();
+            first = false;
+        }
+        let _ = write!(out, "{piece}");
+        let _ = out.flush();
+    })?;
+    bar.finish_and_clear();
+    writeln!(out)?;
+    log::info!("{} tokens in {:.2?} ({:?})", generation.ids.len(), start.elapsed(), generation.finish);
+
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "input_ids": prepared.tokens.ids,
+            "inputs_embeds_len": prompt_len,
+            "generated_ids": generation.ids,
+            "text": generation.text,
+            "last_logits": generation.prompt_logits,
+        });
+        std::fs::write(path, serde_json::to_vec(&json)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(dir) = &args.dump {
+        dump(&prepared, dir)?;
+    }
+    Ok(())
+}
+
+/// Writes the image path's intermediate tensors (f32) to `dir/tensors.safetensors`.
+fn dump<B: SsmBackend>(prepared: &PreparedPrompt<B>, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<(Vec<usize>, Vec<u8>)> {
+        let shape = t.dims().to_vec();
+        let values: Vec<f32> = t.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok((shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()))
+    }
+    let mut tensors: Vec<(String, (Vec<usize>, Vec<u8>))> = Vec::new();
+    let [_, l, h] = prepared.inputs_embeds.dims();
+    tensors.push(("inputs_embeds".into(), host(prepared.inputs_embeds.clone().reshape([l, h]))?));
+    if let Some(enc) = &prepared.encoding {
+        let pixels: Vec<f32> = prepared.images.iter().flat_map(|im| im.pixel_values.iter().copied()).collect();
+        let mut shape = prepared.images[0].shape.to_vec();
+        shape[0] = prepared.images.iter().map(|im| im.shape[0]).sum();
+        tensors.push(("pixel_values".into(), (shape, pixels.iter().flat_map(|v| v.to_le_bytes()).collect())));
+        tensors.push(("clip_features".into(), host(enc.clip_features.clone())?));
+        tensors.push(("projected_features".into(), host(enc.projected_features.clone())?));
+        tensors.push(("image_features".into(), host(Tensor::cat(enc.image_features.clone(), 0))?));
+    }
+    let views = tensors
+        .iter()
+        .map(|(name, (shape, bytes))| Ok((name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let path = dir.join("tensors.safetensors");
+    safetensors::serialize_to_file(views, None, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn chat<B: SsmBackend>(args: &CommonArgs, device: &B::Device) -> Result<()> {
+    let viper = load::<B>(args, device)?;
+    let config = generation_config(&viper, args);
+    let mut session = viper.chat(None);
+    let mut images = open_images(&args.images)?;
+    eprintln!("viper chat: {} — empty line or Ctrl-D to quit, `/image PATH` attaches an image to the next question", args.model);
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        let line = line.trim();
+        if let Some(path) = line.strip_prefix("/image ") {
+            match open_images(&[PathBuf::from(path.trim())]) {
+                Ok(mut im) => images.append(&mut im),
+                Err(e) => eprintln!("error: {}", one_line(&e)),
+            }
+            continue;
+        }
+        let bar = spinner("thinking");
+        let mut first = true;
+        let result = session.ask(line, std::mem::take(&mut images), &config, |piece| {
+            if first {
+                bar.finish_and_clear();
+                first = false;
+            }
+            print!("{piece}");
+            let _ = out.flush();
+        });
+        bar.finish_and_clear();
+        println!();
+        if let Err(e) = result {
+            eprintln!("error: {}", one_line(&e.into()));
+        }
+    }
+    Ok(())
+}

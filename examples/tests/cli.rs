@@ -1,0 +1,138 @@
+//! The `viper` binary on the shipped reference checkpoints: `--json` and `--dump` outputs against
+//! the upstream reference, and one clear error line (non-zero exit) for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use viper_checkpoint::Checkpoint;
+
+fn reference(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/reference").join(name)
+}
+
+fn viper(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_viper")).args(args).env("RUST_LOG", "error").output().expect("runs")
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let num = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    num / b.iter().map(|y| y.abs()).fold(0f32, f32::max)
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+/// Runs the first image case of `name` through the CLI and checks it against reference.json /
+/// reference.safetensors.
+fn check_case(name: &str) {
+    let dir = reference(name);
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let case = &meta["cases"][0];
+    let case_name = case["name"].as_str().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("out.json");
+    let image = dir.join(case["image"].as_str().unwrap());
+    let result = viper(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--prompt",
+        case["question"].as_str().unwrap(),
+        "--max-new-tokens",
+        "16",
+        "--ignore-eos",
+        "--json",
+        json.to_str().unwrap(),
+        "--dump",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let got: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(got["input_ids"], case["input_ids"]);
+    assert_eq!(got["generated_ids"], case["generated_ids"]);
+    assert_eq!(got["inputs_embeds_len"], case["inputs_embeds_len"]);
+    let want = Checkpoint::open(dir.join("reference.safetensors")).unwrap();
+    let (last, _) = want.read_f32(&format!("{case_name}.last_logits")).unwrap();
+    assert!(rel_err(&floats(&got["last_logits"]), &last) < 1e-3);
+
+    let dumped = Checkpoint::open(out.path().join("tensors.safetensors")).unwrap();
+    for (tensor, tol) in [
+        ("pixel_values", 1e-6),
+        ("clip_features", 1e-4),
+        ("projected_features", 1e-4),
+        ("image_features", 1e-4),
+        ("inputs_embeds", 1e-4),
+    ] {
+        let (ours, shape) = dumped.read_f32(tensor).unwrap();
+        let key = format!("{case_name}.{tensor}");
+        let (theirs, want_shape) = want.read_f32(&key).unwrap();
+        assert_eq!(shape, want_shape, "{key}");
+        let err = rel_err(&ours, &theirs);
+        assert!(err < tol, "{key}: rel err {err}");
+    }
+}
+
+#[test]
+fn generate_matches_upstream_mamba() {
+    check_case("mamba-s1");
+}
+
+#[test]
+fn generate_matches_upstream_jamba() {
+    check_case("jamba-s1");
+}
+
+fn expect_error(args: &[&str], needle: &str) {
+    let out = viper(args);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(line.starts_with("error: ") && line.contains(needle), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_input_is_one_clear_error() {
+    let dir = reference("mamba-s1");
+    let model = dir.to_str().unwrap();
+    let image = dir.join("images/image_97x61.png");
+    let image = image.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+
+    expect_error(&["generate", "--model", "/nonexistent/viper", "--prompt", "hi"], "not found");
+
+    let broken = tmp.path().join("broken.png");
+    std::fs::write(&broken, b"\x89PNG\r\n\x1a\n not really").unwrap();
+    expect_error(&["generate", "--model", model, "--image", broken.to_str().unwrap(), "--prompt", "hi"], "broken.png");
+
+    expect_error(&["generate", "--model", model, "--prompt", "<image>\nWhat is this?"], "marker");
+    expect_error(&["generate", "--model", model, "--image", image, "--prompt", "<image> twice"], "marker");
+
+    // A config with an unknown model_type.
+    let odd = tmp.path().join("odd");
+    copy_dir(&dir, &odd);
+    let config = std::fs::read_to_string(odd.join("config.json")).unwrap().replace("llava_falcon_mamba", "llava_llama");
+    std::fs::write(odd.join("config.json"), config).unwrap();
+    expect_error(&["generate", "--model", odd.to_str().unwrap(), "--prompt", "hi"], "unknown model_type");
+
+    // A prompt beyond tokenizer_model_max_length, with --strict-context.
+    let long = "colour ".repeat(3000);
+    expect_error(&["generate", "--model", model, "--prompt", &long, "--strict-context"], "tokenizer_model_max_length");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
