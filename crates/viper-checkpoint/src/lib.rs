@@ -300,6 +300,25 @@ impl Checkpoint {
         Some((info, bytes))
     }
 
+    /// Drops the mapped pages of `key` from the process's resident set once it has been converted,
+    /// so loading a checkpoint keeps about one copy of the weights resident, not two.
+    fn release(&self, key: &str) {
+        #[cfg(unix)]
+        if let Some((shard, info)) = self.keys.get(key).map(|&i| &self.shards[i]).and_then(|s| Some((s, s.metadata.info(key)?))) {
+            let page = 4096;
+            let start = (shard.data_start + info.data_offsets.0).next_multiple_of(page);
+            let end = (shard.data_start + info.data_offsets.1) / page * page;
+            if end > start {
+                // SAFETY: a read-only shared file mapping re-reads dropped pages from the file on the next
+                // access, so no borrow can observe different bytes; only whole pages of this tensor are hit.
+                let dropped = unsafe { shard.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+                if let Err(e) = dropped {
+                    log::debug!("madvise(DONTNEED) on `{key}` failed: {e}");
+                }
+            }
+        }
+    }
+
     fn missing(&self, key: &str) -> CheckpointError {
         let tail = key.rsplit('.').take(2).collect::<Vec<_>>();
         let tail = tail.into_iter().rev().collect::<Vec<_>>().join(".");
@@ -412,6 +431,7 @@ impl<'a> Weights<'a> {
             Tensor::<B, 1>::zeros([1], device).dtype()
         });
         let data = convert(&key, info.dtype, bytes, shape.to_vec(), target)?;
+        self.ckpt.release(&key);
         Ok(Tensor::from_data(data, (device, target)))
     }
 
