@@ -85,7 +85,8 @@ impl<B: SsmBackend> JambaDecoderLayer<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 3>, cache: &mut LayerCache<B>) -> Tensor<B, 3> {
+    /// Runs the layer over `x` (`[b, l, H]`), reading and updating its cache entry.
+    pub fn forward(&self, x: Tensor<B, 3>, cache: &mut LayerCache<B>) -> Tensor<B, 3> {
         let dtype = x.dtype();
         let normed = self.input_layernorm.forward(x.clone()).cast(dtype);
         let mixed = match (cache, &self.self_attn, &self.mamba) {
