@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use viper_checkpoint::Checkpoint;
+use viper_checkpoint::{max_errors, Checkpoint};
 
 fn reference(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/reference").join(name)
@@ -15,9 +15,7 @@ fn viper(args: &[&str]) -> Output {
 }
 
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let num = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    num / b.iter().map(|y| y.abs()).fold(0f32, f32::max)
+    max_errors(a, b).expect("comparable, non-degenerate tensors").1
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f32> {

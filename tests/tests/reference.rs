@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::NdArray;
 use burn::prelude::*;
-use viper_checkpoint::Checkpoint;
+use viper_checkpoint::{max_errors, Checkpoint};
 use viper_model::{GenerationConfig, Viper, ViperLoadOptions};
 use viper_processor::ImageLoader;
 
@@ -16,14 +16,6 @@ fn reference_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/reference").join(name)
 }
 
-/// `(max |a − b|, max |a − b| / max |b|)`.
-fn errors(a: &[f32], b: &[f32]) -> (f32, f32) {
-    assert_eq!(a.len(), b.len(), "lengths differ");
-    let abs = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    let den = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
-    assert!(den > 0.0 && abs.is_finite(), "degenerate comparison");
-    (abs, abs / den)
-}
 
 fn host<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().unwrap()
@@ -31,7 +23,7 @@ fn host<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 
 fn check_close(what: &str, ours: Vec<f32>, reference: &Checkpoint, key: &str, tol: f32) {
     let (want, _) = reference.read_f32(key).unwrap();
-    let (abs, rel) = errors(&ours, &want);
+    let (abs, rel) = max_errors(&ours, &want).expect("comparable, non-degenerate tensors");
     assert!(rel < tol, "{key} ({what}): max abs {abs:e}, rel {rel:e} ≥ {tol:e}");
 }
 

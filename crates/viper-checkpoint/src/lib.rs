@@ -453,6 +453,19 @@ impl<'a> Weights<'a> {
     }
 }
 
+/// The fidelity metric of viper's tests: `(max |ours − reference|, that divided by max |reference|)`.
+///
+/// Returns `None` when the lengths differ, the reference is all zeros, or a value is not finite, so a
+/// degenerate comparison cannot pass by accident.
+pub fn max_errors(ours: &[f32], reference: &[f32]) -> Option<(f32, f32)> {
+    if ours.len() != reference.len() {
+        return None;
+    }
+    let abs = ours.iter().zip(reference).map(|(a, b)| (a - b).abs()).fold(0f32, |m, d| if d.is_nan() { f32::NAN } else { m.max(d) });
+    let scale = reference.iter().map(|b| b.abs()).fold(0f32, f32::max);
+    (abs.is_finite() && scale > 0.0).then(|| (abs, abs / scale))
+}
+
 /// Decodes stored little-endian floats to f32.
 fn to_f32s(key: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {

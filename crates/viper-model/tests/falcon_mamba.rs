@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use burn::backend::NdArray;
 use burn::prelude::*;
-use viper_checkpoint::{Checkpoint, LoadOptions};
+use viper_checkpoint::{max_errors, Checkpoint, LoadOptions};
 use viper_model::{FalconMambaConfig, FalconMambaForCausalLM, LanguageModel, Logits};
 
 type B = NdArray;
@@ -14,13 +14,8 @@ fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/falcon_mamba").join(name)
 }
 
-/// `max|a − b| / max|b|`.
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let num = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    let den = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
-    assert!(den > 0.0 && num.is_finite(), "degenerate comparison");
-    num / den
+    max_errors(a, b).expect("comparable, non-degenerate tensors").1
 }
 
 fn vec3(t: Tensor<B, 3>) -> Vec<f32> {

@@ -15,6 +15,8 @@ use crate::moe::{JambaMlp, SparseMoe};
 use crate::{Error, Result};
 
 /// A layer's feed-forward: dense gated MLP or mixture of experts.
+// One per layer, built once: boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum FeedForward<B: Backend> {
     /// `feed_forward.{gate,up,down}_proj`.

@@ -5,17 +5,13 @@ use std::path::PathBuf;
 
 use burn::backend::NdArray;
 use burn::prelude::*;
-use viper_checkpoint::{Checkpoint, LoadOptions};
+use viper_checkpoint::{max_errors, Checkpoint, LoadOptions};
 use viper_moe::{JambaConfig, JambaForCausalLM};
 
 type B = NdArray;
 
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let num = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    let den = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
-    assert!(den > 0.0 && num.is_finite(), "degenerate comparison");
-    num / den
+    max_errors(a, b).expect("comparable, non-degenerate tensors").1
 }
 
 fn vec3(t: Tensor<B, 3>) -> Vec<f32> {

@@ -110,7 +110,7 @@ impl Processor {
         patch_size: u32,
         preprocessor: PreprocessorConfig,
     ) -> Result<Self> {
-        if patch_size == 0 || tile_size == 0 || tile_size % patch_size != 0 {
+        if patch_size == 0 || tile_size == 0 || !tile_size.is_multiple_of(patch_size) {
             return Err(ProcessorError::Config(format!(
                 "image_size {tile_size} is not a positive multiple of patch_size {patch_size}"
             )));

@@ -276,15 +276,18 @@ fn generate<B: SsmBackend>(args: &GenerateArgs, device: &B::Device) -> Result<()
     Ok(())
 }
 
+/// Shape and little-endian f32 bytes of a dumped tensor.
+type Dumped = (Vec<usize>, Vec<u8>);
+
 /// Writes the image path's intermediate tensors (f32) to `dir/tensors.safetensors`.
 fn dump<B: SsmBackend>(prepared: &PreparedPrompt<B>, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<(Vec<usize>, Vec<u8>)> {
+    fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Dumped> {
         let shape = t.dims().to_vec();
         let values: Vec<f32> = t.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok((shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()))
     }
-    let mut tensors: Vec<(String, (Vec<usize>, Vec<u8>))> = Vec::new();
+    let mut tensors: Vec<(String, Dumped)> = Vec::new();
     let [_, l, h] = prepared.inputs_embeds.dims();
     tensors.push(("inputs_embeds".into(), host(prepared.inputs_embeds.clone().reshape([l, h]))?));
     if let Some(enc) = &prepared.encoding {
