@@ -26,7 +26,8 @@ fn floats(v: &serde_json::Value) -> Vec<f32> {
 /// reference.safetensors.
 fn check_case(name: &str) {
     let dir = reference(name);
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let case = &meta["cases"][0];
     let case_name = case["name"].as_str().unwrap();
     let out = tempfile::tempdir().unwrap();

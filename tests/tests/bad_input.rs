@@ -23,7 +23,8 @@ fn edited(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::Te
             std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
         }
     }
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     edit(&mut config);
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
     dir
@@ -58,7 +59,8 @@ fn frozen_tower_without_weights() {
     assert!(err.to_string().contains("frozen") && err.to_string().contains("no-such-tower"), "{err}");
 
     // Pointing at a CLIP checkpoint explicitly fixes it (the reference tower folder is one).
-    let options = ViperLoadOptions { vision_tower: Some(reference_dir("mamba-s1").join("vision_tower")), ..Default::default() };
+    let options =
+        ViperLoadOptions { vision_tower: Some(reference_dir("mamba-s1").join("vision_tower")), ..Default::default() };
     load(dir.path(), options).unwrap();
 }
 

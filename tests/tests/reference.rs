@@ -16,7 +16,6 @@ fn reference_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/reference").join(name)
 }
 
-
 fn host<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().unwrap()
 }
@@ -29,7 +28,8 @@ fn check_close(what: &str, ours: Vec<f32>, reference: &Checkpoint, key: &str, to
 
 fn run(name: &str) {
     let dir = reference_dir(name);
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let reference = Checkpoint::open(dir.join("reference.safetensors")).unwrap();
     let viper = Viper::<B>::load(&dir, ViperLoadOptions::default(), &Default::default()).unwrap();
     let config = GenerationConfig { max_new_tokens: 16, ignore_eos: true, ..viper.default_generation() };
@@ -55,15 +55,25 @@ fn run(name: &str) {
         let key = |t: &str| format!("{case_name}.{t}");
         if let (Some(enc), Some(image)) = (&prepared.encoding, prepared.images.first()) {
             let g = &image.geometry;
-            assert_eq!([g.grid.0, g.grid.1], [case["grid_w_h"][0].as_u64().unwrap() as u32, case["grid_w_h"][1].as_u64().unwrap() as u32]);
+            assert_eq!(
+                [g.grid.0, g.grid.1],
+                [case["grid_w_h"][0].as_u64().unwrap() as u32, case["grid_w_h"][1].as_u64().unwrap() as u32]
+            );
             check_close("pixels", image.pixel_values.clone(), &reference, &key("pixel_values"), 1e-6);
             check_close("tower", host(enc.clip_features.clone()), &reference, &key("clip_features"), 1e-4);
-            check_close("projector", host(enc.projected_features.clone()), &reference, &key("projected_features"), 1e-4);
+            check_close(
+                "projector",
+                host(enc.projected_features.clone()),
+                &reference,
+                &key("projected_features"),
+                1e-4,
+            );
             check_close("merge", host(enc.image_features[0].clone()), &reference, &key("image_features"), 1e-4);
         }
         check_close("splice", host(prepared.inputs_embeds.clone()), &reference, &key("inputs_embeds"), 1e-4);
         check_close("logits", generation.prompt_logits.clone(), &reference, &key("last_logits"), 1e-3);
-        let want_gen: Vec<u32> = case["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want_gen: Vec<u32> =
+            case["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         assert_eq!(generation.ids, want_gen, "{name}/{case_name}: generated_ids");
     }
 }
@@ -95,7 +105,11 @@ fn follow_up_reuses_the_cache() {
         let second = session.ask("And the shapes?", vec![], &config, |_| {}).unwrap();
         assert_eq!(roundtrip, reuses, "answer {:?} re-tokenizes to itself: {roundtrip}", first.ids);
         if reuses {
-            assert!(session.last_prefill < first_prefill / 4, "follow-up prefilled {} of {first_prefill}", session.last_prefill);
+            assert!(
+                session.last_prefill < first_prefill / 4,
+                "follow-up prefilled {} of {first_prefill}",
+                session.last_prefill
+            );
         } else {
             assert!(session.last_prefill > first_prefill);
         }

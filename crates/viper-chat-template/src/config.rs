@@ -110,11 +110,7 @@ impl SpecialTokens {
             eos: self.eos.or(fallback.eos),
             pad: self.pad.or(fallback.pad),
             unk: self.unk.or(fallback.unk),
-            additional: if self.additional.is_empty() {
-                fallback.additional
-            } else {
-                self.additional
-            },
+            additional: if self.additional.is_empty() { fallback.additional } else { self.additional },
         }
     }
 }
@@ -159,19 +155,13 @@ impl TokenizerConfig {
         let post_processor = config.tokenizer_class.as_deref().and_then(|class| {
             let class = class.strip_suffix("Fast").unwrap_or(class);
             let (_, default_bos) = POST_PROCESSOR_CLASSES.iter().find(|(c, _)| *c == class)?;
-            Some((
-                config.add_bos_token.unwrap_or(*default_bos),
-                config.add_eos_token.unwrap_or(false),
-            ))
+            Some((config.add_bos_token.unwrap_or(*default_bos), config.add_eos_token.unwrap_or(false)))
         });
 
         let jinja_path = dir.join("chat_template.jinja");
         let chat_template = if jinja_path.is_file() {
             // newer transformers give this file precedence over tokenizer_config.json
-            Some((
-                read_file(jinja_path.clone())?,
-                jinja_path.display().to_string(),
-            ))
+            Some((read_file(jinja_path.clone())?, jinja_path.display().to_string()))
         } else {
             let origin = config_path.display().to_string();
             match config.chat_template.take() {
@@ -182,9 +172,7 @@ impl TokenizerConfig {
                     let Some(t) = default else {
                         return Err(Error::Config {
                             path: config_path,
-                            message:
-                                "chat_template lists named templates but none is named \"default\""
-                                    .into(),
+                            message: "chat_template lists named templates but none is named \"default\"".into(),
                         });
                     };
                     Some((t.template, format!("{origin} (\"default\")")))

@@ -58,10 +58,7 @@ pub struct Conversation<I = ()> {
 
 impl<I> Default for Conversation<I> {
     fn default() -> Self {
-        Self {
-            system: None,
-            turns: Vec::new(),
-        }
+        Self { system: None, turns: Vec::new() }
     }
 }
 
@@ -87,43 +84,23 @@ impl<I> Conversation<I> {
     /// Appends a user turn with `images`, prepending one `"<image>\n"` per image to `text` (the
     /// upstream README's `DEFAULT_IMAGE_TOKEN + "\n" + question`).
     #[must_use]
-    pub fn user_with_images(
-        self,
-        text: impl Into<String>,
-        images: impl IntoIterator<Item = I>,
-    ) -> Self {
+    pub fn user_with_images(self, text: impl Into<String>, images: impl IntoIterator<Item = I>) -> Self {
         let images: Vec<I> = images.into_iter().collect();
-        let text = format!(
-            "{}{}",
-            format!("{IMAGE_TOKEN}\n").repeat(images.len()),
-            text.into()
-        );
+        let text = format!("{}{}", format!("{IMAGE_TOKEN}\n").repeat(images.len()), text.into());
         self.user_inline_images(text, images)
     }
 
     /// Appends a user turn whose `text` already holds one `<image>` marker per image, in order.
     #[must_use]
-    pub fn user_inline_images(
-        mut self,
-        text: impl Into<String>,
-        images: impl IntoIterator<Item = I>,
-    ) -> Self {
-        self.turns.push(Turn {
-            role: Role::User,
-            text: text.into(),
-            images: images.into_iter().collect(),
-        });
+    pub fn user_inline_images(mut self, text: impl Into<String>, images: impl IntoIterator<Item = I>) -> Self {
+        self.turns.push(Turn { role: Role::User, text: text.into(), images: images.into_iter().collect() });
         self
     }
 
     /// Appends an assistant reply.
     #[must_use]
     pub fn assistant(mut self, text: impl Into<String>) -> Self {
-        self.turns.push(Turn {
-            role: Role::Assistant,
-            text: text.into(),
-            images: Vec::new(),
-        });
+        self.turns.push(Turn { role: Role::Assistant, text: text.into(), images: Vec::new() });
         self
     }
 

@@ -31,13 +31,8 @@ pub enum BuiltinTemplate {
 
 impl BuiltinTemplate {
     /// All built-in templates.
-    pub const ALL: [Self; 5] = [
-        Self::SystemFalconMamba,
-        Self::SystemJamba,
-        Self::Plain,
-        Self::LlavaV1,
-        Self::ChatmlDirect,
-    ];
+    pub const ALL: [Self; 5] =
+        [Self::SystemFalconMamba, Self::SystemJamba, Self::Plain, Self::LlavaV1, Self::ChatmlDirect];
 
     /// The upstream `conv_templates` key, e.g. `"system_jamba"`.
     pub fn name(self) -> &'static str {
@@ -109,10 +104,7 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         match env.add_template_owned(origin.clone(), source.into()) {
             Ok(()) => Ok(Self { env, origin }),
-            Err(source) => Err(Error::Template {
-                template: origin,
-                source,
-            }),
+            Err(source) => Err(Error::Template { template: origin, source }),
         }
     }
 
@@ -126,10 +118,7 @@ impl ChatTemplate {
     /// `chat_template` of `dir/tokenizer_config.json` (for the list form, the one named
     /// `"default"`). `Ok(None)` when the checkpoint has none.
     pub fn from_checkpoint(dir: impl AsRef<Path>) -> Result<Option<Self>> {
-        TokenizerConfig::read(dir.as_ref())?
-            .chat_template
-            .map(|(source, origin)| Self::new(source, origin))
-            .transpose()
+        TokenizerConfig::read(dir.as_ref())?.chat_template.map(|(source, origin)| Self::new(source, origin)).transpose()
     }
 
     /// Where the template came from, as used in error messages.
@@ -156,14 +145,8 @@ impl ChatTemplate {
             role: &'a str,
             content: &'a str,
         }
-        let system = conversation.system.as_deref().map(|content| Message {
-            role: "system",
-            content,
-        });
-        let turns = conversation.turns.iter().map(|t| Message {
-            role: t.role.as_str(),
-            content: &t.text,
-        });
+        let system = conversation.system.as_deref().map(|content| Message { role: "system", content });
+        let turns = conversation.turns.iter().map(|t| Message { role: t.role.as_str(), content: &t.text });
         let messages: Vec<Message> = system.into_iter().chain(turns).collect();
 
         let mut ctx = vec![
@@ -178,16 +161,9 @@ impl ChatTemplate {
             ("pad_token", &special.pad),
             ("unk_token", &special.unk),
         ];
-        ctx.extend(
-            tokens
-                .into_iter()
-                .filter_map(|(k, v)| Some((k, Value::from(v.clone()?)))),
-        );
+        ctx.extend(tokens.into_iter().filter_map(|(k, v)| Some((k, Value::from(v.clone()?)))));
         if !special.additional.is_empty() {
-            ctx.push((
-                "additional_special_tokens",
-                Value::from_serialize(&special.additional),
-            ));
+            ctx.push(("additional_special_tokens", Value::from_serialize(&special.additional)));
         }
 
         let prompt = self
@@ -199,40 +175,23 @@ impl ChatTemplate {
         let markers = prompt.matches(IMAGE_TOKEN).count();
         let images = conversation.images().count();
         if markers != images {
-            return Err(Error::ImageCount {
-                location: format!("prompt rendered by {}", self.origin),
-                markers,
-                images,
-            });
+            return Err(Error::ImageCount { location: format!("prompt rendered by {}", self.origin), markers, images });
         }
         Ok(prompt)
     }
 
     fn render_error(&self, e: minijinja::Error) -> Error {
         let template = self.origin.clone();
-        let mut chain =
-            std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
-                e.source()
-            });
+        let mut chain = std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| e.source());
         match chain.find_map(|e| e.downcast_ref::<TemplateException>()) {
-            Some(TemplateException(message)) => Error::TemplateException {
-                template,
-                message: message.clone(),
-            },
-            None => Error::Template {
-                template,
-                source: e,
-            },
+            Some(TemplateException(message)) => Error::TemplateException { template, message: message.clone() },
+            None => Error::Template { template, source: e },
         }
     }
 }
 
 /// Prints booleans and none the way Python does (`True`, `False`, `None`).
-fn python_formatter(
-    out: &mut Output,
-    state: &State,
-    value: &Value,
-) -> Result<(), minijinja::Error> {
+fn python_formatter(out: &mut Output, state: &State, value: &Value) -> Result<(), minijinja::Error> {
     let text = match (value.kind(), value.is_true()) {
         (ValueKind::Bool, true) => "True",
         (ValueKind::Bool, false) => "False",
@@ -248,20 +207,14 @@ fn python_formatter(
 struct TemplateException(String);
 
 fn raise_exception(message: String) -> Result<Value, minijinja::Error> {
-    Err(
-        minijinja::Error::new(ErrorKind::InvalidOperation, message.clone())
-            .with_source(TemplateException(message)),
-    )
+    Err(minijinja::Error::new(ErrorKind::InvalidOperation, message.clone()).with_source(TemplateException(message)))
 }
 
 /// `datetime.now().strftime(format)` (local time).
 fn strftime_now(format: &str) -> Result<String, minijinja::Error> {
     let mut out = String::new();
     write!(out, "{}", chrono::Local::now().format(format)).map_err(|_| {
-        minijinja::Error::new(
-            ErrorKind::InvalidOperation,
-            format!("invalid strftime format {format:?}"),
-        )
+        minijinja::Error::new(ErrorKind::InvalidOperation, format!("invalid strftime format {format:?}"))
     })?;
     Ok(out)
 }
@@ -277,14 +230,9 @@ fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
         Some(n) => {
             let indent = vec![b' '; n];
             let formatter = serde_json::ser::PrettyFormatter::with_indent(&indent);
-            value.serialize(&mut serde_json::Serializer::with_formatter(
-                &mut out, formatter,
-            ))
+            value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, formatter))
         }
-        None => value.serialize(&mut serde_json::Serializer::with_formatter(
-            &mut out,
-            PythonFormatter,
-        )),
+        None => value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, PythonFormatter)),
     };
     result.map_err(|e| minijinja::Error::new(ErrorKind::BadSerialization, e.to_string()))?;
     // serde_json writes valid UTF-8
@@ -295,11 +243,7 @@ fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
 struct PythonFormatter;
 
 impl serde_json::ser::Formatter for PythonFormatter {
-    fn begin_array_value<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
+    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -307,11 +251,7 @@ impl serde_json::ser::Formatter for PythonFormatter {
         }
     }
 
-    fn begin_object_key<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
+    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
         if first {
             Ok(())
         } else {

@@ -38,43 +38,24 @@ impl Tokenizer {
         let dir = dir.as_ref();
         let path = dir.join("tokenizer.json");
         let json = crate::error::read_file(path.clone())?;
-        let mut inner =
-            tokenizers::Tokenizer::from_bytes(json).map_err(|source| Error::Tokenizer {
-                context: format!("cannot parse {}", path.display()),
-                source,
-            })?;
+        let mut inner = tokenizers::Tokenizer::from_bytes(json)
+            .map_err(|source| Error::Tokenizer { context: format!("cannot parse {}", path.display()), source })?;
         let config = TokenizerConfig::read(dir)?;
 
         if let Some((add_bos, add_eos)) = config.post_processor {
             let processor = template_processing(&inner, &config.special, add_bos, add_eos)
-                .map_err(|message| Error::Config {
-                    path: dir.join("tokenizer_config.json"),
-                    message,
-                })?;
-            log::debug!(
-                "rebuilt the post-processor: add_bos_token={add_bos}, add_eos_token={add_eos}"
-            );
+                .map_err(|message| Error::Config { path: dir.join("tokenizer_config.json"), message })?;
+            log::debug!("rebuilt the post-processor: add_bos_token={add_bos}, add_eos_token={add_eos}");
             inner.with_post_processor(Some(processor));
         }
 
-        let tokenizer = Self {
-            inner,
-            special: config.special,
-            clean_up_tokenization_spaces: config.clean_up_tokenization_spaces,
-        };
-        for (what, name) in [
-            ("bos", &tokenizer.special.bos),
-            ("eos", &tokenizer.special.eos),
-            ("pad", &tokenizer.special.pad),
-        ] {
-            if let Some(name) = name
-                .as_deref()
-                .filter(|n| tokenizer.token_to_id(n).is_none())
-            {
-                log::warn!(
-                    "{what} token {name:?} of {} is not in the vocabulary",
-                    dir.display()
-                );
+        let tokenizer =
+            Self { inner, special: config.special, clean_up_tokenization_spaces: config.clean_up_tokenization_spaces };
+        for (what, name) in
+            [("bos", &tokenizer.special.bos), ("eos", &tokenizer.special.eos), ("pad", &tokenizer.special.pad)]
+        {
+            if let Some(name) = name.as_deref().filter(|n| tokenizer.token_to_id(n).is_none()) {
+                log::warn!("{what} token {name:?} of {} is not in the vocabulary", dir.display());
             }
         }
         Ok(tokenizer)
@@ -121,10 +102,7 @@ impl Tokenizer {
         let encoding = self
             .inner
             .encode(text, add_special_tokens)
-            .map_err(|source| Error::Tokenizer {
-                context: format!("cannot encode {text:?}"),
-                source,
-            })?;
+            .map_err(|source| Error::Tokenizer { context: format!("cannot encode {text:?}"), source })?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -137,10 +115,7 @@ impl Tokenizer {
     ///    reproduced, and logged as a warning);
     /// 4. join the chunks with one [`IMAGE_TOKEN_INDEX`] each.
     pub fn encode_prompt(&self, prompt: &str) -> Result<PromptTokens> {
-        let chunks = prompt
-            .split(IMAGE_TOKEN)
-            .map(|chunk| self.encode(chunk, true))
-            .collect::<Result<Vec<_>>>()?;
+        let chunks = prompt.split(IMAGE_TOKEN).map(|chunk| self.encode(chunk, true)).collect::<Result<Vec<_>>>()?;
         let bos = self.bos_token_id();
         let first = chunks.first().and_then(|c| c.first()).copied();
         let offset = usize::from(first.is_some() && first == bos);
@@ -164,41 +139,25 @@ impl Tokenizer {
             }
             ids.extend(chunk.iter().skip(offset).map(|&id| i64::from(id)));
         }
-        Ok(PromptTokens {
-            ids,
-            image_positions,
-        })
+        Ok(PromptTokens { ids, image_positions })
     }
 
     /// Decodes `ids` like `tokenizer.decode(ids, skip_special_tokens=…)`, including the
     /// checkpoint's `clean_up_tokenization_spaces`.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         let text = self.decode_raw(ids, skip_special_tokens)?;
-        Ok(if self.clean_up_tokenization_spaces {
-            clean_up_tokenization(&text)
-        } else {
-            text
-        })
+        Ok(if self.clean_up_tokenization_spaces { clean_up_tokenization(&text) } else { text })
     }
 
     fn decode_raw(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.inner
             .decode(ids, skip_special_tokens)
-            .map_err(|source| Error::Tokenizer {
-                context: format!("cannot decode {} ids", ids.len()),
-                source,
-            })
+            .map_err(|source| Error::Tokenizer { context: format!("cannot decode {} ids", ids.len()), source })
     }
 
     /// An incremental decoder for streaming generated tokens.
     pub fn stream(&self, skip_special_tokens: bool) -> TextStream<'_> {
-        TextStream {
-            tokenizer: self,
-            skip_special_tokens,
-            ids: Vec::new(),
-            prefix: String::new(),
-            pending: 0,
-        }
+        TextStream { tokenizer: self, skip_special_tokens, ids: Vec::new(), prefix: String::new(), pending: 0 }
     }
 }
 
@@ -214,25 +173,15 @@ fn template_processing(
         if !wanted {
             return Ok(None);
         }
-        let name = name
-            .as_deref()
-            .ok_or_else(|| format!("add_{what}_token is true but there is no {what}_token"))?;
-        let id = tokenizer
-            .token_to_id(name)
-            .ok_or_else(|| format!("{what}_token {name:?} is not in the vocabulary"))?;
+        let name = name.as_deref().ok_or_else(|| format!("add_{what}_token is true but there is no {what}_token"))?;
+        let id =
+            tokenizer.token_to_id(name).ok_or_else(|| format!("{what}_token {name:?} is not in the vocabulary"))?;
         Ok::<_, String>(Some((name.to_owned(), id)))
     };
-    let (bos, eos) = (
-        token(add_bos, "bos", &special.bos)?,
-        token(add_eos, "eos", &special.eos)?,
-    );
+    let (bos, eos) = (token(add_bos, "bos", &special.bos)?, token(add_eos, "eos", &special.eos)?);
     let sequence = |seq: &str, type_id: u32| -> Vec<String> {
-        let piece =
-            |t: &Option<(String, u32)>| t.as_ref().map(|(name, _)| format!("{name}:{type_id}"));
-        [piece(&bos), Some(format!("${seq}:{type_id}")), piece(&eos)]
-            .into_iter()
-            .flatten()
-            .collect()
+        let piece = |t: &Option<(String, u32)>| t.as_ref().map(|(name, _)| format!("{name}:{type_id}"));
+        [piece(&bos), Some(format!("${seq}:{type_id}")), piece(&eos)].into_iter().flatten().collect()
     };
     TemplateProcessing::builder()
         .try_single(sequence("A", 0))?
@@ -284,26 +233,20 @@ impl TextStream<'_> {
     pub fn step(&mut self, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
         self.pending += 1;
-        let text = self
-            .tokenizer
-            .decode_raw(&self.ids, self.skip_special_tokens)?;
+        let text = self.tokenizer.decode_raw(&self.ids, self.skip_special_tokens)?;
         if text.len() <= self.prefix.len() || text.ends_with('\u{FFFD}') {
             return Ok(None);
         }
         let chunk = self.new_text(&text);
         self.ids.drain(..self.ids.len() - self.pending);
         self.pending = 0;
-        self.prefix = self
-            .tokenizer
-            .decode_raw(&self.ids, self.skip_special_tokens)?;
+        self.prefix = self.tokenizer.decode_raw(&self.ids, self.skip_special_tokens)?;
         Ok(Some(chunk))
     }
 
     /// Returns what is still buffered (possibly ending in U+FFFD), or `None` if nothing is.
     pub fn finish(self) -> Result<Option<String>> {
-        let text = self
-            .tokenizer
-            .decode_raw(&self.ids, self.skip_special_tokens)?;
+        let text = self.tokenizer.decode_raw(&self.ids, self.skip_special_tokens)?;
         let chunk = self.new_text(&text);
         Ok(Some(chunk).filter(|c| !c.is_empty()))
     }
@@ -322,5 +265,4 @@ impl TextStream<'_> {
         log::debug!("streaming decode rewrote emitted text ({:?} → {text:?})", self.prefix);
         text[cut..].to_owned()
     }
-
 }

@@ -5,9 +5,7 @@
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use viper_chat_template::{
-    BuiltinTemplate, ChatTemplate, Conversation, Tokenizer, VIPER_SYSTEM_PROMPT,
-};
+use viper_chat_template::{BuiltinTemplate, ChatTemplate, Conversation, Tokenizer, VIPER_SYSTEM_PROMPT};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/chat")
@@ -100,23 +98,17 @@ impl Case {
     fn conversation(&self) -> Conversation {
         let mut conv = Conversation::new();
         conv.system = self.system.clone();
-        self.turns
-            .iter()
-            .fold(conv, |conv, t| match (t.role.as_str(), t.inline) {
-                ("assistant", _) => conv.assistant(&t.text),
-                (_, true) => conv.user_inline_images(&t.text, vec![(); t.images]),
-                (_, false) => conv.user_with_images(&t.text, vec![(); t.images]),
-            })
+        self.turns.iter().fold(conv, |conv, t| match (t.role.as_str(), t.inline) {
+            ("assistant", _) => conv.assistant(&t.text),
+            (_, true) => conv.user_inline_images(&t.text, vec![(); t.images]),
+            (_, false) => conv.user_with_images(&t.text, vec![(); t.images]),
+        })
     }
 
     fn template(&self) -> ChatTemplate {
         match (&self.template.builtin, &self.template.source) {
-            (Some(name), _) => {
-                ChatTemplate::builtin(BuiltinTemplate::from_name(name).expect("known builtin"))
-            }
-            (None, Some(source)) => {
-                ChatTemplate::new(source.as_str(), &self.name).expect("variant compiles")
-            }
+            (Some(name), _) => ChatTemplate::builtin(BuiltinTemplate::from_name(name).expect("known builtin")),
+            (None, Some(source)) => ChatTemplate::new(source.as_str(), &self.name).expect("variant compiles"),
             (None, None) => ChatTemplate::from_checkpoint(fixtures().join(&self.tokenizer))
                 .expect("readable config")
                 .expect("checkpoint has a template"),
@@ -126,14 +118,11 @@ impl Case {
 
 #[test]
 fn reference_checkpoint_prompts_and_ids_are_reproduced() {
-    let cases: std::collections::BTreeMap<String, Vec<ReferenceCase>> =
-        read("reference_cases.json");
+    let cases: std::collections::BTreeMap<String, Vec<ReferenceCase>> = read("reference_cases.json");
     assert_eq!(cases.len(), 2);
     for (dir, cases) in cases {
         let tok = tokenizer(&dir);
-        let template = ChatTemplate::from_checkpoint(fixtures().join(&dir))
-            .unwrap()
-            .unwrap();
+        let template = ChatTemplate::from_checkpoint(fixtures().join(&dir)).unwrap().unwrap();
         for case in cases {
             let conv = Conversation::new()
                 .with_system(VIPER_SYSTEM_PROMPT)
@@ -142,12 +131,7 @@ fn reference_checkpoint_prompts_and_ids_are_reproduced() {
             assert_eq!(prompt, case.prompt, "{dir}/{}", case.name);
             let tokens = tok.encode_prompt(&prompt).unwrap();
             assert_eq!(tokens.ids, case.input_ids, "{dir}/{}", case.name);
-            assert_eq!(
-                tokens.image_positions,
-                Vec::from_iter(case.image_token_position),
-                "{dir}/{}",
-                case.name
-            );
+            assert_eq!(tokens.image_positions, Vec::from_iter(case.image_token_position), "{dir}/{}", case.name);
         }
     }
 }
@@ -158,48 +142,27 @@ fn conversations_render_and_tokenise_like_transformers() {
     assert!(expected.cases.len() >= 25);
     for case in &expected.cases {
         let tok = tokenizer(&case.tokenizer);
-        let prompt = case.template().render(
-            &case.conversation(),
-            tok.special_tokens(),
-            case.add_generation_prompt,
-        );
-        assert_eq!(
-            prompt.as_ref().ok(),
-            Some(&case.prompt),
-            "{}: {prompt:?}",
-            case.name
-        );
+        let prompt = case.template().render(&case.conversation(), tok.special_tokens(), case.add_generation_prompt);
+        assert_eq!(prompt.as_ref().ok(), Some(&case.prompt), "{}: {prompt:?}", case.name);
         let tokens = tok.encode_prompt(&case.prompt).unwrap();
         assert_eq!(tokens.ids, case.input_ids, "{}", case.name);
-        assert_eq!(
-            tokens.image_positions, case.image_positions,
-            "{}",
-            case.name
-        );
+        assert_eq!(tokens.image_positions, case.image_positions, "{}", case.name);
     }
 }
 
 #[test]
 fn builtin_viper_templates_match_the_reference_checkpoint_templates() {
-    for (dir, builtin) in [
-        ("mamba-s1", BuiltinTemplate::SystemFalconMamba),
-        ("jamba-s1", BuiltinTemplate::SystemJamba),
-    ] {
+    for (dir, builtin) in [("mamba-s1", BuiltinTemplate::SystemFalconMamba), ("jamba-s1", BuiltinTemplate::SystemJamba)]
+    {
         let tok = tokenizer(dir);
-        let own = ChatTemplate::from_checkpoint(fixtures().join(dir))
-            .unwrap()
-            .unwrap();
+        let own = ChatTemplate::from_checkpoint(fixtures().join(dir)).unwrap().unwrap();
         let conv = Conversation::new()
             .with_system(builtin.default_system())
             .user_with_images("Q?", [()])
             .assistant("A.")
             .user("Again?");
         let render = |t: &ChatTemplate| t.render(&conv, tok.special_tokens(), true).unwrap();
-        assert_eq!(
-            render(&ChatTemplate::builtin(builtin)),
-            render(&own),
-            "{dir}"
-        );
+        assert_eq!(render(&ChatTemplate::builtin(builtin)), render(&own), "{dir}");
     }
 }
 
@@ -214,20 +177,10 @@ fn token_lookups_encode_and_decode_like_transformers() {
         assert_eq!(tok.eos_token_id(), info.eos_token_id, "{name}");
         assert_eq!(tok.pad_token_id(), info.pad_token_id, "{name}");
         for e in &info.encode {
-            assert_eq!(
-                tok.encode(&e.text, e.add_special_tokens).unwrap(),
-                e.ids,
-                "{name}: {:?}",
-                e.text
-            );
+            assert_eq!(tok.encode(&e.text, e.add_special_tokens).unwrap(), e.ids, "{name}: {:?}", e.text);
         }
         for d in &info.decode {
-            assert_eq!(
-                tok.decode(&d.ids, d.skip_special_tokens).unwrap(),
-                d.text,
-                "{name}: {:?}",
-                d.ids
-            );
+            assert_eq!(tok.decode(&d.ids, d.skip_special_tokens).unwrap(), d.text, "{name}: {:?}", d.ids);
         }
     }
     let jamba = tokenizer("jamba-s1");
@@ -247,10 +200,7 @@ fn streaming_never_splits_a_character_and_adds_up_to_decode() {
             for &id in &d.ids {
                 match stream.step(id).unwrap() {
                     Some(chunk) => {
-                        assert!(
-                            !chunk.contains('\u{FFFD}'),
-                            "{name}: split character in {chunk:?}"
-                        );
+                        assert!(!chunk.contains('\u{FFFD}'), "{name}: split character in {chunk:?}");
                         text += &chunk;
                     }
                     None => buffered += 1,
@@ -260,10 +210,7 @@ fn streaming_never_splits_a_character_and_adds_up_to_decode() {
             assert_eq!(text, d.text, "{name}: {:?}", d.ids);
         }
     }
-    assert!(
-        buffered > 0,
-        "the fixtures hold multi-byte characters split over several tokens"
-    );
+    assert!(buffered > 0, "the fixtures hold multi-byte characters split over several tokens");
 }
 
 #[test]

@@ -3,33 +3,19 @@
 use viper_chat_template::{BuiltinTemplate, ChatTemplate, Conversation, SpecialTokens};
 
 fn render(source: &str, conv: &Conversation) -> String {
-    let special = SpecialTokens {
-        bos: Some("<s>".into()),
-        eos: Some("</s>".into()),
-        ..Default::default()
-    };
-    ChatTemplate::new(source, "test")
-        .unwrap()
-        .render(conv, &special, true)
-        .unwrap()
+    let special = SpecialTokens { bos: Some("<s>".into()), eos: Some("</s>".into()), ..Default::default() };
+    ChatTemplate::new(source, "test").unwrap().render(conv, &special, true).unwrap()
 }
 
 fn chat() -> Conversation {
-    Conversation::new()
-        .with_system("  Be brief.  ")
-        .user("hello")
-        .assistant("hi")
-        .user("bye")
+    Conversation::new().with_system("  Be brief.  ").user("hello").assistant("hi").user("bye")
 }
 
 #[test]
 fn builtin_templates_compile_and_round_trip_their_names() {
     for t in BuiltinTemplate::ALL {
         assert_eq!(BuiltinTemplate::from_name(t.name()), Some(t));
-        assert_eq!(
-            ChatTemplate::builtin(t).origin(),
-            format!("builtin:{}", t.name())
-        );
+        assert_eq!(ChatTemplate::builtin(t).origin(), format!("builtin:{}", t.name()));
     }
     assert_eq!(BuiltinTemplate::from_name("vicuna_v0"), None);
 }
@@ -38,7 +24,8 @@ fn builtin_templates_compile_and_round_trip_their_names() {
 fn whitespace_control_matches_hf() {
     // trim_blocks drops the newline after a block tag, lstrip_blocks the indentation before it,
     // and the source's single trailing newline is not kept.
-    let source = "{% for m in messages %}\n    {% if m.role == 'user' %}\n[{{ m.content }}]\n    {% endif %}\n{% endfor %}\n";
+    let source =
+        "{% for m in messages %}\n    {% if m.role == 'user' %}\n[{{ m.content }}]\n    {% endif %}\n{% endfor %}\n";
     assert_eq!(render(source, &chat()), "[hello]\n[bye]\n");
 }
 
@@ -63,41 +50,24 @@ fn tojson_writes_like_python_json_dumps() {
     let compact = render("{{ messages | tojson }}", &conv);
     assert_eq!(compact, r#"[{"role": "user", "content": "<b>é\"</b>"}]"#);
     let indented = render("{{ messages[0] | tojson(indent=2) }}", &conv);
-    assert_eq!(
-        indented,
-        "{\n  \"role\": \"user\",\n  \"content\": \"<b>é\\\"</b>\"\n}"
-    );
+    assert_eq!(indented, "{\n  \"role\": \"user\",\n  \"content\": \"<b>é\\\"</b>\"\n}");
 }
 
 #[test]
 fn strftime_now_formats_the_current_date() {
     let year = render("{{ strftime_now('%Y') }}", &chat());
-    assert!(
-        year.len() == 4 && year.parse::<u32>().is_ok_and(|y| y >= 2024),
-        "{year}"
-    );
+    assert!(year.len() == 4 && year.parse::<u32>().is_ok_and(|y| y >= 2024), "{year}");
 }
 
 #[test]
 fn classic_llava_formats() {
     let conv = |t: BuiltinTemplate| {
-        Conversation::new()
-            .with_system(t.default_system())
-            .user_with_images("Q", [()])
-            .assistant("A")
-            .user("R")
+        Conversation::new().with_system(t.default_system()).user_with_images("Q", [()]).assistant("A").user("R")
     };
-    let render = |t| {
-        ChatTemplate::builtin(t)
-            .render(&conv(t), &SpecialTokens::default(), true)
-            .unwrap()
-    };
+    let render = |t| ChatTemplate::builtin(t).render(&conv(t), &SpecialTokens::default(), true).unwrap();
     assert_eq!(
         render(BuiltinTemplate::LlavaV1),
-        format!(
-            "{} USER: <image>\nQ ASSISTANT: A</s>USER: R ASSISTANT:",
-            BuiltinTemplate::LlavaV1.default_system()
-        )
+        format!("{} USER: <image>\nQ ASSISTANT: A</s>USER: R ASSISTANT:", BuiltinTemplate::LlavaV1.default_system())
     );
     assert_eq!(
         render(BuiltinTemplate::ChatmlDirect),

@@ -177,10 +177,8 @@ impl Checkpoint {
         let text = std::fs::read_to_string(index)
             .map_err(|source| CheckpointError::Io { path: index.to_path_buf(), source })?;
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| bad("no `weight_map` object".into()))?;
+        let map =
+            json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no `weight_map` object".into()))?;
         let dir = index.parent().unwrap_or(Path::new("."));
         let mut files = BTreeSet::new();
         for (key, file) in map {
@@ -248,11 +246,8 @@ impl Checkpoint {
     ///
     /// Used to find where a sub-model lives (`backbone.` in a FalconMamba checkpoint, `` in a bare one).
     pub fn prefix_of(&self, suffix: &str) -> Option<String> {
-        let mut found = self
-            .keys
-            .keys()
-            .filter_map(|k| k.strip_suffix(suffix))
-            .filter(|p| p.is_empty() || p.ends_with('.'));
+        let mut found =
+            self.keys.keys().filter_map(|k| k.strip_suffix(suffix)).filter(|p| p.is_empty() || p.ends_with('.'));
         let first = found.next()?;
         found.next().is_none().then(|| first.to_string())
     }
@@ -268,13 +263,19 @@ impl Checkpoint {
         let (info, bytes) = self.bytes(key).ok_or_else(|| self.missing(key))?;
         let v: Vec<i64> = match info.dtype {
             Dtype::I64 => bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
-            Dtype::I32 => bytes.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")).into()).collect(),
-            Dtype::U32 => bytes.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")).into()).collect(),
+            Dtype::I32 => {
+                bytes.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")).into()).collect()
+            }
+            Dtype::U32 => {
+                bytes.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")).into()).collect()
+            }
             Dtype::I16 => bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]).into()).collect(),
             Dtype::U16 => bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]).into()).collect(),
             Dtype::I8 => bytes.iter().map(|&b| (b as i8).into()).collect(),
             Dtype::U8 => bytes.iter().map(|&b| b.into()).collect(),
-            other => return Err(CheckpointError::UnsupportedDtype { key: key.to_string(), dtype: format!("{other:?}") }),
+            other => {
+                return Err(CheckpointError::UnsupportedDtype { key: key.to_string(), dtype: format!("{other:?}") })
+            }
         };
         Ok((v, info.shape.clone()))
     }
@@ -304,14 +305,18 @@ impl Checkpoint {
     /// so loading a checkpoint keeps about one copy of the weights resident, not two.
     fn release(&self, key: &str) {
         #[cfg(unix)]
-        if let Some((shard, info)) = self.keys.get(key).map(|&i| &self.shards[i]).and_then(|s| Some((s, s.metadata.info(key)?))) {
+        if let Some((shard, info)) =
+            self.keys.get(key).map(|&i| &self.shards[i]).and_then(|s| Some((s, s.metadata.info(key)?)))
+        {
             let page = 4096;
             let start = (shard.data_start + info.data_offsets.0).next_multiple_of(page);
             let end = (shard.data_start + info.data_offsets.1) / page * page;
             if end > start {
                 // SAFETY: a read-only shared file mapping re-reads dropped pages from the file on the next
                 // access, so no borrow can observe different bytes; only whole pages of this tensor are hit.
-                let dropped = unsafe { shard.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+                let dropped = unsafe {
+                    shard.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                };
                 if let Err(e) = dropped {
                     log::debug!("madvise(DONTNEED) on `{key}` failed: {e}");
                 }
@@ -322,15 +327,10 @@ impl Checkpoint {
     fn missing(&self, key: &str) -> CheckpointError {
         let tail = key.rsplit('.').take(2).collect::<Vec<_>>();
         let tail = tail.into_iter().rev().collect::<Vec<_>>().join(".");
-        let mut similar: Vec<&str> =
-            self.keys.keys().filter(|k| k.ends_with(&tail)).map(String::as_str).collect();
+        let mut similar: Vec<&str> = self.keys.keys().filter(|k| k.ends_with(&tail)).map(String::as_str).collect();
         similar.sort_unstable();
         similar.truncate(3);
-        let hint = if similar.is_empty() {
-            String::new()
-        } else {
-            format!(" (similar keys: {})", similar.join(", "))
-        };
+        let hint = if similar.is_empty() { String::new() } else { format!(" (similar keys: {})", similar.join(", ")) };
         CheckpointError::MissingTensor { key: key.to_string(), hint }
     }
 }
@@ -344,10 +344,8 @@ impl Shard {
         // SAFETY: the map is read-only; a checkpoint modified while loaded is the caller's problem,
         // and every read is bounds-checked against offsets validated below.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let (n, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| CheckpointError::InvalidFile {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let (n, metadata) = SafeTensors::read_metadata(&mmap)
+            .map_err(|e| CheckpointError::InvalidFile { path: path.to_path_buf(), reason: e.to_string() })?;
         Ok(Self { path: path.to_path_buf(), mmap, data_start: 8 + n, metadata })
     }
 }
@@ -420,11 +418,7 @@ impl<'a> Weights<'a> {
         let key = self.key(name);
         let (info, bytes) = self.ckpt.bytes(&key).ok_or_else(|| self.ckpt.missing(&key))?;
         if info.shape != shape {
-            return Err(CheckpointError::ShapeMismatch {
-                key,
-                expected: shape.to_vec(),
-                found: info.shape.clone(),
-            });
+            return Err(CheckpointError::ShapeMismatch { key, expected: shape.to_vec(), found: info.shape.clone() });
         }
         let target = self.options.dtype.map(DType::from).unwrap_or_else(|| {
             // The default float dtype of the device's policy, read off a scalar tensor.
@@ -461,7 +455,11 @@ pub fn max_errors(ours: &[f32], reference: &[f32]) -> Option<(f32, f32)> {
     if ours.len() != reference.len() {
         return None;
     }
-    let abs = ours.iter().zip(reference).map(|(a, b)| (a - b).abs()).fold(0f32, |m, d| if d.is_nan() { f32::NAN } else { m.max(d) });
+    let abs =
+        ours.iter()
+            .zip(reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, |m, d| if d.is_nan() { f32::NAN } else { m.max(d) });
     let scale = reference.iter().map(|b| b.abs()).fold(0f32, f32::max);
     (abs.is_finite() && scale > 0.0).then(|| (abs, abs / scale))
 }
@@ -485,9 +483,15 @@ fn convert(key: &str, dtype: Dtype, bytes: &[u8], shape: Vec<usize>, target: DTy
     let halves = |b: &[u8]| [b[0], b[1]];
     Ok(match (dtype, target) {
         // Same type on both sides: no rounding through f32.
-        (Dtype::BF16, DType::BF16) => TensorData::new(bytes.chunks_exact(2).map(|b| bf16::from_le_bytes(halves(b))).collect(), shape),
-        (Dtype::F16, DType::F16) => TensorData::new(bytes.chunks_exact(2).map(|b| f16::from_le_bytes(halves(b))).collect(), shape),
-        (_, DType::BF16) => TensorData::new(to_f32s(key, dtype, bytes)?.into_iter().map(bf16::from_f32).collect(), shape),
+        (Dtype::BF16, DType::BF16) => {
+            TensorData::new(bytes.chunks_exact(2).map(|b| bf16::from_le_bytes(halves(b))).collect(), shape)
+        }
+        (Dtype::F16, DType::F16) => {
+            TensorData::new(bytes.chunks_exact(2).map(|b| f16::from_le_bytes(halves(b))).collect(), shape)
+        }
+        (_, DType::BF16) => {
+            TensorData::new(to_f32s(key, dtype, bytes)?.into_iter().map(bf16::from_f32).collect(), shape)
+        }
         (_, DType::F16) => TensorData::new(to_f32s(key, dtype, bytes)?.into_iter().map(f16::from_f32).collect(), shape),
         _ => TensorData::new(to_f32s(key, dtype, bytes)?, shape),
     })

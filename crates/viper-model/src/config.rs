@@ -103,7 +103,10 @@ impl FalconMambaConfig {
             return Err(ModelError::Config("vocab_size must be positive".into()));
         }
         if !(self.layer_norm_epsilon.is_finite() && self.layer_norm_epsilon > 0.0) {
-            return Err(ModelError::Config(format!("layer_norm_epsilon must be positive, got {}", self.layer_norm_epsilon)));
+            return Err(ModelError::Config(format!(
+                "layer_norm_epsilon must be positive, got {}",
+                self.layer_norm_epsilon
+            )));
         }
         self.mamba().validate()?;
         Ok(())
@@ -199,7 +202,8 @@ impl ViperConfig {
 
     /// Builds the config from parsed JSON.
     pub fn from_json(json: serde_json::Value) -> Result<Self> {
-        let parse = |e: serde_json::Error| ModelError::ConfigParse { path: "config.json".into(), reason: e.to_string() };
+        let parse =
+            |e: serde_json::Error| ModelError::ConfigParse { path: "config.json".into(), reason: e.to_string() };
         let llava: LlavaConfig = serde_json::from_value(json.clone()).map_err(parse)?;
         let language = match llava.model_type.as_str() {
             "llava_falcon_mamba" | "falcon_mamba" => {

@@ -55,7 +55,12 @@ pub struct FalconMambaCache<B: Backend> {
 impl<B: SsmBackend> FalconMambaForCausalLM<B> {
     /// Loads the LM from a checkpoint whose keys sit under any prefix (`backbone.` for a plain
     /// `FalconMambaForCausalLM` and a Viper checkpoint alike).
-    pub fn load(config: &FalconMambaConfig, ckpt: &Checkpoint, options: LoadOptions, device: &B::Device) -> Result<Self> {
+    pub fn load(
+        config: &FalconMambaConfig,
+        ckpt: &Checkpoint,
+        options: LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
         config.validate()?;
         let prefix = ckpt.prefix_of("norm_f.weight").ok_or_else(|| CheckpointError::MissingTensor {
             key: "backbone.norm_f.weight".into(),
@@ -143,4 +148,3 @@ impl<B: SsmBackend> LanguageModel<B> for FalconMambaForCausalLM<B> {
         self.lm_head.forward(y.cast(dtype)).cast(FloatDType::F32)
     }
 }
-

@@ -60,11 +60,7 @@ pub struct Generation {
 }
 
 fn host_logits<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<f32>> {
-    logits
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .map_err(|e| ModelError::Input(format!("cannot read logits: {e:?}")))
+    logits.into_data().convert::<f32>().into_vec().map_err(|e| ModelError::Input(format!("cannot read logits: {e:?}")))
 }
 
 /// Generates after `prompt` (`[1, l, H]` embeddings) continuing from `cache`, streaming decoded
@@ -82,7 +78,10 @@ pub fn generate<B: Backend, M: LanguageModel<B>>(
 ) -> Result<Generation> {
     config.sampling.validate().map_err(ModelError::Input)?;
     if prompt.dims()[0] != 1 || prompt.dims()[1] == 0 {
-        return Err(ModelError::Input(format!("generation needs one non-empty sequence, got embeddings of shape {:?}", prompt.dims())));
+        return Err(ModelError::Input(format!(
+            "generation needs one non-empty sequence, got embeddings of shape {:?}",
+            prompt.dims()
+        )));
     }
     let vocab = model.vocab_size();
     let device = prompt.device();
@@ -129,7 +128,8 @@ pub fn generate<B: Backend, M: LanguageModel<B>>(
     // The streamed pieces are for display; the answer is the decode of all ids (cut at a stop string).
     let mut answer = tokenizer.decode(&ids, true)?;
     if finish == FinishReason::StopString {
-        answer.truncate(config.stop_strings.iter().filter_map(|s| answer.find(s.as_str())).min().unwrap_or(answer.len()));
+        answer
+            .truncate(config.stop_strings.iter().filter_map(|s| answer.find(s.as_str())).min().unwrap_or(answer.len()));
     }
     Ok(Generation { ids, text: answer, finish, prompt_logits })
 }

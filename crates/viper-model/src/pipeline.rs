@@ -99,8 +99,13 @@ impl<B: SsmBackend> Viper<B> {
         let (images, encoding) = if images.is_empty() {
             (Vec::new(), None)
         } else {
-            let processor = self.model.processor.as_ref().ok_or_else(|| ModelError::Input("this checkpoint has no vision tower".into()))?;
-            let processed = images.into_iter().map(|im| processor.process(im)).collect::<std::result::Result<Vec<_>, _>>()?;
+            let processor = self
+                .model
+                .processor
+                .as_ref()
+                .ok_or_else(|| ModelError::Input("this checkpoint has no vision tower".into()))?;
+            let processed =
+                images.into_iter().map(|im| processor.process(im)).collect::<std::result::Result<Vec<_>, _>>()?;
             let encoding = self.model.encode_images(&processed)?;
             (processed, Some(encoding))
         };
@@ -118,7 +123,8 @@ impl<B: SsmBackend> Viper<B> {
     ) -> Result<(PreparedPrompt<B>, Generation)> {
         let prepared = self.prepare(conversation)?;
         let mut cache = self.model.new_cache(1);
-        let generation = generate(&self.model, &mut cache, prepared.inputs_embeds.clone(), config, &self.tokenizer, on_text)?;
+        let generation =
+            generate(&self.model, &mut cache, prepared.inputs_embeds.clone(), config, &self.tokenizer, on_text)?;
         Ok((prepared, generation))
     }
 
@@ -126,7 +132,14 @@ impl<B: SsmBackend> Viper<B> {
     pub fn chat(&self, system: Option<&str>) -> ChatSession<'_, B> {
         let mut conversation = Conversation::new();
         conversation.system = Some(system.unwrap_or(viper_chat_template::VIPER_SYSTEM_PROMPT).to_string());
-        ChatSession { viper: self, conversation, cache: self.model.new_cache(1), seen: Vec::new(), pending: None, last_prefill: 0 }
+        ChatSession {
+            viper: self,
+            conversation,
+            cache: self.model.new_cache(1),
+            seen: Vec::new(),
+            pending: None,
+            last_prefill: 0,
+        }
     }
 }
 
@@ -150,7 +163,13 @@ impl<B: SsmBackend> ChatSession<'_, B> {
     /// Adds a user turn (with `images` before `text`) and generates the answer, feeding only what
     /// the cache has not seen. Falls back to a full prefill if the new prompt does not extend the old
     /// one token for token.
-    pub fn ask(&mut self, text: &str, images: Vec<RgbImage>, config: &GenerationConfig, on_text: impl FnMut(&str)) -> Result<Generation> {
+    pub fn ask(
+        &mut self,
+        text: &str,
+        images: Vec<RgbImage>,
+        config: &GenerationConfig,
+        on_text: impl FnMut(&str),
+    ) -> Result<Generation> {
         let viper = self.viper;
         let mut conversation = self.conversation.clone().user_with_images(text, images);
         let prompt = viper.template.render(&conversation, viper.tokenizer.special_tokens(), true)?;
@@ -159,9 +178,11 @@ impl<B: SsmBackend> ChatSession<'_, B> {
         let mut expected = self.seen.clone();
         expected.extend(self.pending.map(i64::from));
         let (embeds, consumed) = if !self.seen.is_empty() && tokens.ids.starts_with(&expected) {
-            let new_images: Vec<&RgbImage> = conversation.turns.last().map(|t| t.images.iter().collect()).unwrap_or_default();
+            let new_images: Vec<&RgbImage> =
+                conversation.turns.last().map(|t| t.images.iter().collect()).unwrap_or_default();
             let suffix = tokens.ids[self.seen.len()..].to_vec();
-            let positions = suffix.iter().enumerate().filter(|(_, &id)| id == IMAGE_TOKEN_INDEX).map(|(i, _)| i).collect();
+            let positions =
+                suffix.iter().enumerate().filter(|(_, &id)| id == IMAGE_TOKEN_INDEX).map(|(i, _)| i).collect();
             let prepared = viper.embed(prompt, PromptTokens { ids: suffix, image_positions: positions }, new_images)?;
             (prepared.inputs_embeds, tokens.ids.clone())
         } else {

@@ -6,12 +6,15 @@ use std::path::{Path, PathBuf};
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::{DType, FloatDType};
-use viper_checkpoint::{Checkpoint, LoadOptions};
 use viper_chat_template::IMAGE_TOKEN_INDEX;
+use viper_checkpoint::{Checkpoint, LoadOptions};
 use viper_moe::{JambaCache, JambaForCausalLM};
 use viper_processor::{parse_pinpoints, PreprocessorConfig, ProcessedImage, Processor};
 use viper_ssm::SsmBackend;
-use viper_vision::{spatial_unpad_merge, vision_model_prefix, ClipVisionConfig, ClipVisionTower, FeatureSelect, MmProjector, SelectFeature};
+use viper_vision::{
+    spatial_unpad_merge, vision_model_prefix, ClipVisionConfig, ClipVisionTower, FeatureSelect, MmProjector,
+    SelectFeature,
+};
 
 use crate::config::{read_json, LanguageConfig, ViperConfig};
 use crate::error::{ModelError, Result};
@@ -106,7 +109,9 @@ impl<B: SsmBackend> ViperModel<B> {
         let load = LoadOptions { dtype: options.dtype };
         log::info!("loading {} from {}", config.llava.model_type, dir.display());
         let language = match &config.language {
-            LanguageConfig::FalconMamba(c) => Language::FalconMamba(FalconMambaForCausalLM::load(c, &ckpt, load, device)?),
+            LanguageConfig::FalconMamba(c) => {
+                Language::FalconMamba(FalconMambaForCausalLM::load(c, &ckpt, load, device)?)
+            }
             LanguageConfig::Jamba(c) => Language::Jamba(JambaForCausalLM::load(c, &ckpt, load, device)?),
         };
         let (vision, processor) = if config.is_multimodal() {
@@ -119,7 +124,11 @@ impl<B: SsmBackend> ViperModel<B> {
         let vision_layers = vision.as_ref().map(|v| v.vision_tower.encoder.layers.len());
         let unused: Vec<_> = unused
             .into_iter()
-            .filter(|k| !(vision_layers.is_some() && k.contains("vision_tower.") && is_later_clip_layer(k, vision_layers.unwrap_or(0))))
+            .filter(|k| {
+                !(vision_layers.is_some()
+                    && k.contains("vision_tower.")
+                    && is_later_clip_layer(k, vision_layers.unwrap_or(0)))
+            })
             .collect();
         if !unused.is_empty() {
             log::warn!("{} checkpoint tensors were not used, e.g. {:?}", unused.len(), &unused[..unused.len().min(5)]);
@@ -143,13 +152,19 @@ impl<B: SsmBackend> ViperModel<B> {
     /// Runs every crop of every image through the tower in one batch, projects, and merges each
     /// image's features with `image_newline` (spec §4.3, §8.1).
     pub fn encode_images(&self, images: &[ProcessedImage]) -> Result<ImageEncoding<B>> {
-        let vision = self.vision.as_ref().ok_or_else(|| ModelError::Input("this checkpoint has no vision tower".into()))?;
+        let vision =
+            self.vision.as_ref().ok_or_else(|| ModelError::Input("this checkpoint has no vision tower".into()))?;
         if images.is_empty() {
             return Err(ModelError::Input("encode_images needs at least one image".into()));
         }
         let crops: Vec<Tensor<B, 4>> = images
             .iter()
-            .map(|im| Tensor::<B, 4>::from_data(TensorData::new(im.pixel_values.clone(), im.shape), (&self.device, DType::F32)))
+            .map(|im| {
+                Tensor::<B, 4>::from_data(
+                    TensorData::new(im.pixel_values.clone(), im.shape),
+                    (&self.device, DType::F32),
+                )
+            })
             .collect();
         // Upstream casts pixel values to the model dtype before the tower (README: bf16).
         let pixels = Tensor::cat(crops, 0).cast(FloatDType::from(self.dtype()));
@@ -177,7 +192,10 @@ impl<B: SsmBackend> ViperModel<B> {
     pub fn embed_prompt(&self, ids: &[i64], images: &[Tensor<B, 2>]) -> Result<Tensor<B, 3>> {
         let markers = ids.iter().filter(|&&id| id == IMAGE_TOKEN_INDEX).count();
         if markers != images.len() {
-            return Err(ModelError::Input(format!("the prompt has {markers} image placeholder(s) but {} image(s) were given", images.len())));
+            return Err(ModelError::Input(format!(
+                "the prompt has {markers} image placeholder(s) but {} image(s) were given",
+                images.len()
+            )));
         }
         let vocab = self.vocab_size();
         if let Some(bad) = ids.iter().find(|&&id| id != IMAGE_TOKEN_INDEX && (id < 0 || id as usize >= vocab)) {
@@ -190,7 +208,8 @@ impl<B: SsmBackend> ViperModel<B> {
                 parts.extend(images.next().cloned());
             }
             if !segment.is_empty() {
-                let t = Tensor::<B, 2, Int>::from_data(TensorData::new(segment.to_vec(), [1, segment.len()]), &self.device);
+                let t =
+                    Tensor::<B, 2, Int>::from_data(TensorData::new(segment.to_vec(), [1, segment.len()]), &self.device);
                 let [_, l, h] = [1, segment.len(), self.hidden_size()];
                 parts.push(self.embed(t).reshape([l, h]));
             }
@@ -203,7 +222,9 @@ impl<B: SsmBackend> ViperModel<B> {
         let len = embeds.dims()[0];
         if let Some(max) = self.config.llava.tokenizer_model_max_length.filter(|&m| len > m) {
             if self.options.strict_context {
-                return Err(ModelError::Input(format!("the prompt is {len} positions long, beyond tokenizer_model_max_length {max}")));
+                return Err(ModelError::Input(format!(
+                    "the prompt is {len} positions long, beyond tokenizer_model_max_length {max}"
+                )));
             }
             log::warn!("prompt of {len} positions truncated to tokenizer_model_max_length {max}, as upstream does");
             embeds = embeds.narrow(0, 0, max);
@@ -213,7 +234,10 @@ impl<B: SsmBackend> ViperModel<B> {
 }
 
 fn is_later_clip_layer(key: &str, used: usize) -> bool {
-    key.split("encoder.layers.").nth(1).and_then(|r| r.split('.').next()?.parse::<usize>().ok()).is_some_and(|j| j >= used)
+    key.split("encoder.layers.")
+        .nth(1)
+        .and_then(|r| r.split('.').next()?.parse::<usize>().ok())
+        .is_some_and(|j| j >= used)
 }
 
 /// Finds the tower config (folder named by `mm_vision_tower`, then `vision_config`, then a known
@@ -226,7 +250,8 @@ fn load_vision<B: SsmBackend>(
     device: &B::Device,
 ) -> Result<(VisionSide<B>, Processor)> {
     let llava = &config.llava;
-    let tower_dir = llava.mm_vision_tower.as_deref().map(|name| dir.join(name)).filter(|p| p.join("config.json").is_file());
+    let tower_dir =
+        llava.mm_vision_tower.as_deref().map(|name| dir.join(name)).filter(|p| p.join("config.json").is_file());
     let (clip, preprocessor) = if let Some(td) = &tower_dir {
         let pre = td.join("preprocessor_config.json");
         let pre = if pre.is_file() { read_json::<PreprocessorConfig>(&pre)? } else { PreprocessorConfig::default() };
@@ -235,18 +260,27 @@ fn load_vision<B: SsmBackend>(
         let clip = match (&llava.vision_config, &llava.mm_vision_tower) {
             (Some(v), _) => ClipVisionConfig::from_value(v)?,
             (None, Some(name)) => ClipVisionConfig::from_name(name)?,
-            (None, None) => return Err(ModelError::Config("multimodal config without mm_vision_tower or vision_config".into())),
+            (None, None) => {
+                return Err(ModelError::Config("multimodal config without mm_vision_tower or vision_config".into()))
+            }
         };
         let pre = match &llava.vision_preprocessor_config {
-            Some(v) => serde_json::from_value(v.clone()).map_err(|e| ModelError::Config(format!("vision_preprocessor_config: {e}")))?,
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| ModelError::Config(format!("vision_preprocessor_config: {e}")))?,
             None => PreprocessorConfig::default(),
         };
         (clip, pre)
     };
     if let Some(mm) = llava.mm_hidden_size.filter(|&mm| mm != clip.hidden_size) {
-        return Err(ModelError::Config(format!("mm_hidden_size {mm} differs from the vision tower's hidden_size {}", clip.hidden_size)));
+        return Err(ModelError::Config(format!(
+            "mm_hidden_size {mm} differs from the vision tower's hidden_size {}",
+            clip.hidden_size
+        )));
     }
-    let select = FeatureSelect { layer: llava.mm_vision_select_layer, feature: llava.mm_vision_select_feature.parse::<SelectFeature>()? };
+    let select = FeatureSelect {
+        layer: llava.mm_vision_select_layer,
+        feature: llava.mm_vision_select_feature.parse::<SelectFeature>()?,
+    };
     let load = LoadOptions { dtype: options.dtype };
 
     // Spec §9.4: a trained (unfrozen) tower is stored in the checkpoint; a frozen one is the CLIP release.
@@ -282,11 +316,19 @@ fn load_vision<B: SsmBackend>(
 
     match llava.image_aspect_ratio.as_deref() {
         Some("anyres") | None => {}
-        Some(other) => return Err(ModelError::Config(format!("image_aspect_ratio `{other}` is not supported (Viper uses anyres)"))),
+        Some(other) => {
+            return Err(ModelError::Config(format!(
+                "image_aspect_ratio `{other}` is not supported (Viper uses anyres)"
+            )))
+        }
     }
     match llava.mm_patch_merge_type.as_deref() {
         Some("spatial_unpad") | None => {}
-        Some(other) => return Err(ModelError::Config(format!("mm_patch_merge_type `{other}` is not supported (Viper uses spatial_unpad)"))),
+        Some(other) => {
+            return Err(ModelError::Config(format!(
+                "mm_patch_merge_type `{other}` is not supported (Viper uses spatial_unpad)"
+            )))
+        }
     }
     let tile = clip.image_size as u32;
     let pinpoints = llava

@@ -12,7 +12,9 @@ fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/falcon_mamba/fm-odd")
 }
 
-fn config_with(edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> Result<FalconMambaConfig, ModelError> {
+fn config_with(
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> Result<FalconMambaConfig, ModelError> {
     let text = std::fs::read_to_string(fixture().join("config.json")).unwrap();
     let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
     edit(json.as_object_mut().unwrap());
@@ -27,7 +29,10 @@ fn config_errors() {
     let missing = config_with(|c| {
         c.remove("hidden_size");
     });
-    assert!(matches!(&missing, Err(ModelError::ConfigParse { reason, .. }) if reason.contains("hidden_size")), "{missing:?}");
+    assert!(
+        matches!(&missing, Err(ModelError::ConfigParse { reason, .. }) if reason.contains("hidden_size")),
+        "{missing:?}"
+    );
     let zero = config_with(|c| {
         c.insert("num_hidden_layers".into(), 0.into());
     });

@@ -46,7 +46,10 @@ fn write_checkpoint(dir: &std::path::Path, c: &FalconMambaConfig) -> u64 {
     let mut offset = 0;
     for (name, shape) in &tensors {
         let bytes = shape.iter().product::<usize>() * 4;
-        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}));
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
         offset += bytes;
     }
     let mut header = serde_json::to_vec(&header).unwrap();
@@ -79,10 +82,15 @@ fn loading_holds_one_copy_of_the_weights() {
     std::fs::write("/proc/self/clear_refs", "5").unwrap();
     let (_, before) = memory();
     let ckpt = Checkpoint::open(dir.path()).unwrap();
-    let model = FalconMambaForCausalLM::<NdArray>::load(&config, &ckpt, LoadOptions::default(), &Default::default()).unwrap();
+    let model =
+        FalconMambaForCausalLM::<NdArray>::load(&config, &ckpt, LoadOptions::default(), &Default::default()).unwrap();
     let (peak, after) = memory();
-    let (peak_growth, kept) = ((peak - before) as f64 / size as f64, (after.saturating_sub(before)) as f64 / size as f64);
-    eprintln!("checkpoint {:.1} MB: peak RSS growth {peak_growth:.2}x, resident after loading {kept:.2}x", size as f64 / 1e6);
+    let (peak_growth, kept) =
+        ((peak - before) as f64 / size as f64, (after.saturating_sub(before)) as f64 / size as f64);
+    eprintln!(
+        "checkpoint {:.1} MB: peak RSS growth {peak_growth:.2}x, resident after loading {kept:.2}x",
+        size as f64 / 1e6
+    );
     assert!(peak_growth < 1.3, "loading peaked at {peak_growth:.2}x the checkpoint size");
     drop(model);
 }

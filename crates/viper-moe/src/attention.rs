@@ -67,7 +67,9 @@ impl<B: Backend> JambaAttention<B> {
 
         // GQA: query head h reads kv head h / group (transformers' `repeat_kv`).
         let group = self.heads / self.kv_heads;
-        let repeat = |t4: Tensor<B, 4>| t4.unsqueeze_dim::<5>(2).expand([b, self.kv_heads, group, t, hd]).reshape([b, self.heads, t, hd]);
+        let repeat = |t4: Tensor<B, 4>| {
+            t4.unsqueeze_dim::<5>(2).expand([b, self.kv_heads, group, t, hd]).reshape([b, self.heads, t, hd])
+        };
         let (k, v) = (repeat(k), repeat(v));
 
         // Scores and softmax in f32 (eager attention's `softmax(dtype=float32)`).

@@ -126,7 +126,10 @@ impl JambaConfig {
             return Err(format!("{name} must be positive"));
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(format!("hidden_size {} is not divisible by num_attention_heads {}", self.hidden_size, self.num_attention_heads));
+            return Err(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
         }
         if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(format!(
@@ -135,7 +138,10 @@ impl JambaConfig {
             ));
         }
         if self.num_experts_per_tok > self.num_experts {
-            return Err(format!("num_experts_per_tok {} exceeds num_experts {}", self.num_experts_per_tok, self.num_experts));
+            return Err(format!(
+                "num_experts_per_tok {} exceeds num_experts {}",
+                self.num_experts_per_tok, self.num_experts
+            ));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
             return Err(format!("rms_norm_eps must be positive, got {}", self.rms_norm_eps));

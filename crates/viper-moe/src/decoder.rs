@@ -74,7 +74,14 @@ impl<B: SsmBackend> JambaDecoderLayer<B> {
         };
         let ff = w.pp("feed_forward");
         let feed_forward = if c.is_moe(i) {
-            FeedForward::Moe(SparseMoe::load(&ff, h, c.intermediate_size, c.num_experts, c.num_experts_per_tok, device)?)
+            FeedForward::Moe(SparseMoe::load(
+                &ff,
+                h,
+                c.intermediate_size,
+                c.num_experts,
+                c.num_experts_per_tok,
+                device,
+            )?)
         } else {
             FeedForward::Dense(JambaMlp::load(&ff, h, c.intermediate_size, device)?)
         };

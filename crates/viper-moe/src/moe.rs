@@ -47,7 +47,14 @@ pub struct SparseMoe<B: Backend> {
 
 impl<B: Backend> SparseMoe<B> {
     /// Loads the router and `num_experts` experts under `w`.
-    pub fn load(w: &Weights, hidden: usize, ffn: usize, num_experts: usize, top_k: usize, device: &B::Device) -> Result<Self> {
+    pub fn load(
+        w: &Weights,
+        hidden: usize,
+        ffn: usize,
+        num_experts: usize,
+        top_k: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
         let experts = (0..num_experts)
             .map(|e| JambaMlp::load(&w.pp(format_args!("experts.{e}")), hidden, ffn, device))
             .collect::<Result<Vec<_>>>()?;
@@ -80,7 +87,8 @@ impl<B: Backend> SparseMoe<B> {
             let device = flat.device();
             let m = tokens.len();
             let tokens = Tensor::<B, 1, Int>::from_data(TensorData::new(tokens, [m]), &device);
-            let flat_pos = tokens.clone() * self.top_k as i64 + Tensor::<B, 1, Int>::from_data(TensorData::new(slots, [m]), &device);
+            let flat_pos = tokens.clone() * self.top_k as i64
+                + Tensor::<B, 1, Int>::from_data(TensorData::new(slots, [m]), &device);
             let w = weights.clone().reshape([n * self.top_k, 1]).select(0, flat_pos); // (m, 1)
             let y = expert.forward(flat.clone().select(0, tokens.clone())) * w;
             out = out.select_assign(0, tokens, y, IndexingUpdateOp::Add);

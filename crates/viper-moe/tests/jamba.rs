@@ -93,7 +93,8 @@ fn forward_equals_step_with_hybrid_cache() {
 #[test]
 fn bad_configs_are_rejected() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/jamba/jb-gqa");
-    let base: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     for (key, value, needle) in [
         ("num_key_value_heads", serde_json::json!(3), "multiple"),
         ("num_experts_per_tok", serde_json::json!(9), "exceeds"),

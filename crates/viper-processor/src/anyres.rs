@@ -16,18 +16,16 @@ use crate::resample::resize_bicubic;
 /// LLaVA-OneVision's range form `"(1x1),...,(3x3)"`, meaning every `(i * tile, j * tile)` for `i` then
 /// `j` in the given ranges. Values are checked by [`Processor::new`](crate::Processor::new).
 pub fn parse_pinpoints(value: &Value, tile_size: u32) -> Result<Vec<(u32, u32)>> {
-    let error = |reason: String| ProcessorError::Pinpoints {
-        value: value.to_string(),
-        reason,
-    };
+    let error = |reason: String| ProcessorError::Pinpoints { value: value.to_string(), reason };
     match value {
         Value::String(s) if s.contains('x') => {
             grid_range(s, tile_size).ok_or_else(|| error("expected \"(AxB),...,(CxD)\"".into()))
         }
         Value::String(s) => serde_json::from_str(&s.replace('(', "[").replace(')', "]"))
             .map_err(|e| error(format!("not a list of (width, height) pairs: {e}"))),
-        list @ Value::Array(_) => serde_json::from_value(list.clone())
-            .map_err(|e| error(format!("not a list of [width, height] pairs: {e}"))),
+        list @ Value::Array(_) => {
+            serde_json::from_value(list.clone()).map_err(|e| error(format!("not a list of [width, height] pairs: {e}")))
+        }
         _ => Err(error("expected a list or a string".into())),
     }
 }
@@ -40,8 +38,7 @@ fn grid_range(s: &str, tile: u32) -> Option<Vec<(u32, u32)>> {
     });
     let first = pairs.next()??;
     let last = pairs.last().unwrap_or(Some(first))?;
-    let pinpoints =
-        (first.0..=last.0).flat_map(|i| (first.1..=last.1).map(move |j| (i * tile, j * tile)));
+    let pinpoints = (first.0..=last.0).flat_map(|i| (first.1..=last.1).map(move |j| (i * tile, j * tile)));
     Some(pinpoints.collect())
 }
 
@@ -49,10 +46,7 @@ fn grid_range(s: &str, tile: u32) -> Option<Vec<(u32, u32)>> {
 /// `original = (W, H)` once scaled to fit it, ties going to the least wasted area, then to the first in
 /// list order. When no pinpoint keeps a whole pixel (extreme aspect ratios), every effective area is 0
 /// and the least wasteful pinpoint wins, as upstream. `None` only for an empty list.
-pub fn select_best_resolution(
-    original: (u32, u32),
-    pinpoints: &[(u32, u32)],
-) -> Option<(u32, u32)> {
+pub fn select_best_resolution(original: (u32, u32), pinpoints: &[(u32, u32)]) -> Option<(u32, u32)> {
     let (ow, oh) = (f64::from(original.0), f64::from(original.1));
     let original_area = u64::from(original.0) * u64::from(original.1);
     let mut best = None;
@@ -87,20 +81,11 @@ impl Placement {
         let scale_w = f64::from(tw) / f64::from(original.0);
         let scale_h = f64::from(th) / f64::from(original.1);
         let size = if scale_w < scale_h {
-            (
-                tw,
-                ((f64::from(original.1) * scale_w).ceil() as u32).min(th),
-            )
+            (tw, ((f64::from(original.1) * scale_w).ceil() as u32).min(th))
         } else {
-            (
-                ((f64::from(original.0) * scale_h).ceil() as u32).min(tw),
-                th,
-            )
+            (((f64::from(original.0) * scale_h).ceil() as u32).min(tw), th)
         };
-        Self {
-            size,
-            offset: ((tw - size.0) / 2, (th - size.1) / 2),
-        }
+        Self { size, offset: ((tw - size.0) / 2, (th - size.1) / 2) }
     }
 }
 
@@ -155,11 +140,7 @@ impl Unpad {
         } else {
             (0..cur_h, keep(cur_w, ow * (cur_h as f64 / oh)))
         };
-        Self {
-            grid_hw: (cur_h, cur_w),
-            rows,
-            cols,
-        }
+        Self { grid_hw: (cur_h, cur_w), rows, cols }
     }
 
     /// Kept height H'.
@@ -193,26 +174,13 @@ pub struct AnyResGeometry {
 impl AnyResGeometry {
     /// Geometry of an image of `original = (W, H)` for `pinpoints` and tiles of `tile_size` pixels,
     /// each giving `side`x`side` features. Fails for an empty image or an empty pinpoint list.
-    pub fn new(
-        original: (u32, u32),
-        pinpoints: &[(u32, u32)],
-        tile_size: u32,
-        side: u32,
-    ) -> Result<Self> {
+    pub fn new(original: (u32, u32), pinpoints: &[(u32, u32)], tile_size: u32, side: u32) -> Result<Self> {
         let (width, height) = original;
         if width == 0 || height == 0 {
-            return Err(ProcessorError::NoPixels {
-                origin: Origin::Memory,
-                width,
-                height,
-            });
+            return Err(ProcessorError::NoPixels { origin: Origin::Memory, width, height });
         }
-        let best_resolution = select_best_resolution(original, pinpoints).ok_or_else(|| {
-            ProcessorError::Pinpoints {
-                value: "[]".into(),
-                reason: "empty list".into(),
-            }
-        })?;
+        let best_resolution = select_best_resolution(original, pinpoints)
+            .ok_or_else(|| ProcessorError::Pinpoints { value: "[]".into(), reason: "empty list".into() })?;
         let grid = (best_resolution.0 / tile_size, best_resolution.1 / tile_size);
         Ok(Self {
             original_size: original,
@@ -242,13 +210,7 @@ mod tests {
 
     /// train.py's rule: `[x * 336, y * 336]` for x, y in 1..=15 with x * y <= 16, x outer.
     fn jamba_pinpoints() -> Vec<(u32, u32)> {
-        (1..=15)
-            .flat_map(|x| {
-                (1..=15)
-                    .filter(move |y| x * y <= 16)
-                    .map(move |y| (x * 336, y * 336))
-            })
-            .collect()
+        (1..=15).flat_map(|x| (1..=15).filter(move |y| x * y <= 16).map(move |y| (x * 336, y * 336))).collect()
     }
 
     #[test]
@@ -270,14 +232,7 @@ mod tests {
             let g = AnyResGeometry::new(size, &pinpoints, 336, 24).unwrap();
             assert_eq!(g.best_resolution, best, "{size:?}");
             assert_eq!(g.grid, grid, "{size:?}");
-            assert_eq!(
-                g.placement,
-                Placement {
-                    size: resized,
-                    offset: paste
-                },
-                "{size:?}"
-            );
+            assert_eq!(g.placement, Placement { size: resized, offset: paste }, "{size:?}");
             assert_eq!((g.unpad.height(), g.unpad.width()), (h, w), "{size:?}");
             assert_eq!(g.num_image_tokens(), tokens, "{size:?}");
             assert_eq!(g.num_crops(), 1 + (grid.0 * grid.1) as usize);
@@ -290,23 +245,13 @@ mod tests {
         assert_eq!(Unpad::new((97, 61), (2, 2), 4).rows, 1..7);
         assert_eq!(Unpad::new((131, 45), (3, 2), 3).rows, 1..5);
         assert_eq!(Unpad::new((15, 29), (1, 1), 3).cols, 1..2);
-        assert_eq!(
-            Unpad::new((84, 84), (2, 2), 4),
-            Unpad {
-                grid_hw: (8, 8),
-                rows: 0..8,
-                cols: 0..8
-            }
-        );
+        assert_eq!(Unpad::new((84, 84), (2, 2), 4), Unpad { grid_hw: (8, 8), rows: 0..8, cols: 0..8 });
     }
 
     #[test]
     fn ties_go_to_the_least_waste_then_the_first() {
         let best = |size, pinpoints: &[(u32, u32)]| select_best_resolution(size, pinpoints);
-        assert_eq!(
-            best((10, 10), &[(20, 10), (10, 20), (10, 10)]),
-            Some((10, 10))
-        );
+        assert_eq!(best((10, 10), &[(20, 10), (10, 20), (10, 10)]), Some((10, 10)));
         assert_eq!(best((10, 10), &[(20, 10), (10, 20)]), Some((20, 10)));
         assert_eq!(best((10, 10), &[(20, 20), (40, 40)]), Some((20, 20)));
         // Every effective area truncates to 0: least waste wins, as upstream.
@@ -317,37 +262,16 @@ mod tests {
     #[test]
     fn pinpoint_forms() {
         let expected = vec![(336, 672), (672, 336)];
-        for value in [
-            json!([[336, 672], [672, 336]]),
-            json!("[(336, 672), (672, 336)]"),
-            json!("[[336,672],[672,336]]"),
-        ] {
+        for value in
+            [json!([[336, 672], [672, 336]]), json!("[(336, 672), (672, 336)]"), json!("[[336,672],[672,336]]")]
+        {
             assert_eq!(parse_pinpoints(&value, 336).unwrap(), expected, "{value}");
         }
         let range = parse_pinpoints(&json!("(1x1),...,(2x3)"), 336).unwrap();
-        assert_eq!(
-            range,
-            [
-                (336, 336),
-                (336, 672),
-                (336, 1008),
-                (672, 336),
-                (672, 672),
-                (672, 1008)
-            ]
-        );
-        for bad in [
-            json!("(1x1"),
-            json!([[-1, 336]]),
-            json!(5),
-            json!("[(1, 2, 3)]"),
-            json!("[(1, 2),]"),
-        ] {
+        assert_eq!(range, [(336, 336), (336, 672), (336, 1008), (672, 336), (672, 672), (672, 1008)]);
+        for bad in [json!("(1x1"), json!([[-1, 336]]), json!(5), json!("[(1, 2, 3)]"), json!("[(1, 2),]")] {
             let err = parse_pinpoints(&bad, 336).unwrap_err();
-            assert!(
-                matches!(err, ProcessorError::Pinpoints { .. }),
-                "{bad}: {err}"
-            );
+            assert!(matches!(err, ProcessorError::Pinpoints { .. }), "{bad}: {err}");
         }
     }
 
@@ -355,13 +279,7 @@ mod tests {
     fn pad_and_tiles() {
         let image = RgbImage::from_pixel(10, 5, image::Rgb([9, 9, 9]));
         let padded = resize_and_pad(&image, (8, 8));
-        assert_eq!(
-            Placement::new((10, 5), (8, 8)),
-            Placement {
-                size: (8, 4),
-                offset: (0, 2)
-            }
-        );
+        assert_eq!(Placement::new((10, 5), (8, 8)), Placement { size: (8, 4), offset: (0, 2) });
         assert_eq!(padded.get_pixel(3, 1).0, [0, 0, 0]);
         assert_eq!(padded.get_pixel(3, 2).0, [9, 9, 9]);
         let mut tiles_src = RgbImage::new(4, 6);

@@ -16,9 +16,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Cursor, Seek};
 use std::path::Path;
 
-use image::{
-    DynamicImage, ImageBuffer, ImageDecoder, ImageFormat, ImageReader, Limits, Pixel, RgbImage,
-};
+use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageFormat, ImageReader, Limits, Pixel, RgbImage};
 
 use crate::error::{Origin, ProcessorError, Result};
 
@@ -31,14 +29,8 @@ pub const DEFAULT_MAX_PIXELS: u64 = 89_478_485;
 const MAX_BYTES_PER_PIXEL: u64 = 8;
 
 /// Formats this crate decodes.
-const SUPPORTED: [ImageFormat; 6] = [
-    ImageFormat::Png,
-    ImageFormat::Jpeg,
-    ImageFormat::WebP,
-    ImageFormat::Gif,
-    ImageFormat::Bmp,
-    ImageFormat::Tiff,
-];
+const SUPPORTED: [ImageFormat; 6] =
+    [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::WebP, ImageFormat::Gif, ImageFormat::Bmp, ImageFormat::Tiff];
 
 /// Decodes PNG, JPEG, WebP, GIF (first frame), BMP and TIFF files to RGB8 like Pillow's
 /// `Image.open(..).convert("RGB")`, refusing images above a pixel limit before decoding them.
@@ -57,9 +49,7 @@ pub struct ImageLoader {
 
 impl Default for ImageLoader {
     fn default() -> Self {
-        Self {
-            max_pixels: DEFAULT_MAX_PIXELS,
-        }
+        Self { max_pixels: DEFAULT_MAX_PIXELS }
     }
 }
 
@@ -67,10 +57,7 @@ impl ImageLoader {
     /// Decode the image file at `path`; the format is detected from its content, not its extension.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<RgbImage> {
         let origin = Origin::File(path.as_ref().to_path_buf());
-        let io = |source| ProcessorError::Io {
-            origin: origin.clone(),
-            source,
-        };
+        let io = |source| ProcessorError::Io { origin: origin.clone(), source };
         let file = File::open(path.as_ref()).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         self.load(BufReader::new(file), len, origin)
@@ -87,55 +74,32 @@ impl ImageLoader {
         }
         let mut reader = ImageReader::new(reader)
             .with_guessed_format()
-            .map_err(|source| ProcessorError::Io {
-                origin: origin.clone(),
-                source,
-            })?;
+            .map_err(|source| ProcessorError::Io { origin: origin.clone(), source })?;
         let format = match reader.format() {
             Some(format) if SUPPORTED.contains(&format) => format,
             other => {
-                let format =
-                    other.map_or_else(|| "unrecognised signature".into(), |f| format!("{f:?}"));
+                let format = other.map_or_else(|| "unrecognised signature".into(), |f| format!("{f:?}"));
                 return Err(ProcessorError::UnsupportedFormat { origin, format });
             }
         };
-        let decode_error = |source| ProcessorError::Decode {
-            origin: origin.clone(),
-            format: format!("{format:?}"),
-            source,
-        };
+        let decode_error =
+            |source| ProcessorError::Decode { origin: origin.clone(), format: format!("{format:?}"), source };
         let mut limits = Limits::default();
-        limits.max_alloc = limits
-            .max_alloc
-            .max(Some(self.max_pixels.saturating_mul(MAX_BYTES_PER_PIXEL)));
+        limits.max_alloc = limits.max_alloc.max(Some(self.max_pixels.saturating_mul(MAX_BYTES_PER_PIXEL)));
         reader.limits(limits.clone());
 
         let decoder = reader.into_decoder().map_err(decode_error)?;
         let (width, height) = decoder.dimensions();
         if width == 0 || height == 0 {
-            return Err(ProcessorError::NoPixels {
-                origin,
-                width,
-                height,
-            });
+            return Err(ProcessorError::NoPixels { origin, width, height });
         }
         if u64::from(width) * u64::from(height) > self.max_pixels {
             let max_pixels = self.max_pixels;
-            return Err(ProcessorError::TooManyPixels {
-                origin,
-                width,
-                height,
-                max_pixels,
-            });
+            return Err(ProcessorError::TooManyPixels { origin, width, height, max_pixels });
         }
-        limits
-            .reserve(decoder.total_bytes())
-            .map_err(decode_error)?;
+        limits.reserve(decoder.total_bytes()).map_err(decode_error)?;
         let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
-        log::debug!(
-            "{origin}: decoded {format:?} {width}x{height} {:?}",
-            image.color()
-        );
+        log::debug!("{origin}: decoded {format:?} {width}x{height} {:?}", image.color());
         Ok(to_rgb8(image))
     }
 }
@@ -157,10 +121,7 @@ fn high_bytes(c: &[u16]) -> [u8; 3] {
     [c[0], c[1], c[2]].map(|v| (v >> 8) as u8)
 }
 
-fn map_pixels<P: Pixel<Subpixel = u16>>(
-    image: &ImageBuffer<P, Vec<u16>>,
-    rgb: impl Fn(&[u16]) -> [u8; 3],
-) -> RgbImage {
+fn map_pixels<P: Pixel<Subpixel = u16>>(image: &ImageBuffer<P, Vec<u16>>, rgb: impl Fn(&[u16]) -> [u8; 3]) -> RgbImage {
     let data = image.pixels().flat_map(|p| rgb(p.channels())).collect();
     RgbImage::from_raw(image.width(), image.height(), data).expect("3 bytes per pixel")
 }

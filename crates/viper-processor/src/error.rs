@@ -39,9 +39,7 @@ pub enum ProcessorError {
         origin: Origin,
     },
     /// The bytes do not start with the signature of a supported format.
-    #[error(
-        "{origin}: unsupported image format ({format}); expected PNG, JPEG, WebP, GIF, BMP or TIFF"
-    )]
+    #[error("{origin}: unsupported image format ({format}); expected PNG, JPEG, WebP, GIF, BMP or TIFF")]
     UnsupportedFormat {
         /// The input.
         origin: Origin,

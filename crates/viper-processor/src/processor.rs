@@ -66,9 +66,7 @@ pub struct EdgeSizes {
 
 impl EdgeSizes {
     fn values(&self) -> impl Iterator<Item = u32> {
-        [self.shortest_edge, self.height, self.width]
-            .into_iter()
-            .flatten()
+        [self.shortest_edge, self.height, self.width].into_iter().flatten()
     }
 }
 
@@ -117,36 +115,21 @@ impl Processor {
         }
         let value = || format!("{pinpoints:?}");
         if pinpoints.is_empty() {
-            return Err(ProcessorError::Pinpoints {
-                value: value(),
-                reason: "empty list".into(),
-            });
+            return Err(ProcessorError::Pinpoints { value: value(), reason: "empty list".into() });
         }
-        if let Some((w, h)) = pinpoints
-            .iter()
-            .find(|&&(w, h)| w == 0 || h == 0 || w % tile_size != 0 || h % tile_size != 0)
+        if let Some((w, h)) =
+            pinpoints.iter().find(|&&(w, h)| w == 0 || h == 0 || w % tile_size != 0 || h % tile_size != 0)
         {
             let reason = format!("{w}x{h} is not a positive multiple of the tile size {tile_size}");
-            return Err(ProcessorError::Pinpoints {
-                value: value(),
-                reason,
-            });
+            return Err(ProcessorError::Pinpoints { value: value(), reason });
         }
         let sizes = preprocessor.size.iter().chain(&preprocessor.crop_size);
-        if let Some(edge) = sizes
-            .flat_map(EdgeSizes::values)
-            .find(|&edge| edge != tile_size)
-        {
+        if let Some(edge) = sizes.flat_map(EdgeSizes::values).find(|&edge| edge != tile_size) {
             return Err(ProcessorError::Config(format!(
                 "preprocessor size/crop_size {edge} differs from the vision tower's image_size {tile_size}"
             )));
         }
-        Ok(Self {
-            pinpoints,
-            tile_size,
-            patch_size,
-            preprocessor,
-        })
+        Ok(Self { pinpoints, tile_size, patch_size, preprocessor })
     }
 
     /// A processor from a Viper/LLaVA `config.json`: `image_grid_pinpoints` (required),
@@ -184,12 +167,7 @@ impl Processor {
                 .map_err(|e| ProcessorError::Config(format!("vision_preprocessor_config: {e}")))?,
             None => PreprocessorConfig::default(),
         };
-        Self::new(
-            parse_pinpoints(pinpoints, tile_size)?,
-            tile_size,
-            patch_size,
-            preprocessor,
-        )
+        Self::new(parse_pinpoints(pinpoints, tile_size)?, tile_size, patch_size, preprocessor)
     }
 
     /// The grid pinpoints `(width, height)`, in the order ties are broken.
@@ -204,12 +182,7 @@ impl Processor {
 
     /// Anyres geometry of an image of `original = (W, H)`, without touching pixels.
     pub fn geometry(&self, original: (u32, u32)) -> Result<AnyResGeometry> {
-        AnyResGeometry::new(
-            original,
-            &self.pinpoints,
-            self.tile_size,
-            self.tile_size / self.patch_size,
-        )
+        AnyResGeometry::new(original, &self.pinpoints, self.tile_size, self.tile_size / self.patch_size)
     }
 
     /// Upstream `process_anyres_image`: base image resized to `S`x`S` (aspect not kept), then the tiles
@@ -230,11 +203,7 @@ impl Processor {
             geometry.best_resolution,
             geometry.grid
         );
-        Ok(ProcessedImage {
-            pixel_values,
-            shape,
-            geometry,
-        })
+        Ok(ProcessedImage { pixel_values, shape, geometry })
     }
 
     /// `CLIPImageProcessor` rescale (`f32(u8 as f64 * factor)`) and normalise (`(x - mean) / std` in
@@ -263,8 +232,7 @@ mod tests {
 
     #[test]
     fn clip_defaults_and_overrides() {
-        let p: PreprocessorConfig =
-            serde_json::from_value(json!({"image_mean": [0.5, 0.5, 0.5]})).unwrap();
+        let p: PreprocessorConfig = serde_json::from_value(json!({"image_mean": [0.5, 0.5, 0.5]})).unwrap();
         assert_eq!(p.image_mean, [0.5; 3]);
         assert_eq!(p.image_std, CLIP_STD);
         assert_eq!(p.rescale_factor, 1.0 / 255.0);
@@ -275,40 +243,25 @@ mod tests {
         let config = json!({"image_aspect_ratio": "anyres", "image_grid_pinpoints": "[(336, 672), (672, 336)]"});
         let processor = Processor::from_config(&config).unwrap();
         assert_eq!(processor.tile_size(), 336);
-        assert_eq!(
-            processor.geometry((100, 200)).unwrap().num_image_tokens(),
-            576 + 48 * 25
-        );
+        assert_eq!(processor.geometry((100, 200)).unwrap().num_image_tokens(), 576 + 48 * 25);
     }
 
     #[test]
     fn inconsistent_configs_are_rejected() {
         let pinpoints = vec![(56, 56)];
-        let err =
-            Processor::new(pinpoints.clone(), 56, 15, PreprocessorConfig::default()).unwrap_err();
+        let err = Processor::new(pinpoints.clone(), 56, 15, PreprocessorConfig::default()).unwrap_err();
         assert!(matches!(err, ProcessorError::Config(_)), "{err}");
-        let crop = Some(EdgeSizes {
-            shortest_edge: None,
-            height: Some(336),
-            width: Some(336),
-        });
-        let preprocessor = PreprocessorConfig {
-            crop_size: crop,
-            ..Default::default()
-        };
+        let crop = Some(EdgeSizes { shortest_edge: None, height: Some(336), width: Some(336) });
+        let preprocessor = PreprocessorConfig { crop_size: crop, ..Default::default() };
         let err = Processor::new(pinpoints, 56, 14, preprocessor).unwrap_err();
         assert!(err.to_string().contains("336"), "{err}");
         for pinpoints in [vec![(60, 56)], vec![(0, 56)], vec![]] {
             let err = Processor::new(pinpoints, 56, 14, PreprocessorConfig::default()).unwrap_err();
             assert!(matches!(err, ProcessorError::Pinpoints { .. }), "{err}");
         }
-        let config =
-            json!({"image_grid_pinpoints": [[56, 56]], "vision_config": {"image_size": 56}});
+        let config = json!({"image_grid_pinpoints": [[56, 56]], "vision_config": {"image_size": 56}});
         let err = Processor::from_config(&config).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "invalid preprocessing configuration: vision_config.patch_size = null"
-        );
+        assert_eq!(err.to_string(), "invalid preprocessing configuration: vision_config.patch_size = null");
         let err = Processor::from_config(&json!({"image_aspect_ratio": "pad"})).unwrap_err();
         assert!(err.to_string().contains("pad"), "{err}");
     }

@@ -71,21 +71,12 @@ impl Coefficients {
             let sum: f64 = taps.iter().sum();
             for (w, &t) in row.iter_mut().zip(&taps) {
                 let t = if sum != 0.0 { t / sum } else { t };
-                *w = if t < 0.0 {
-                    (-0.5 + t * one) as i32
-                } else {
-                    (0.5 + t * one) as i32
-                };
+                *w = if t < 0.0 { (-0.5 + t * one) as i32 } else { (0.5 + t * one) as i32 };
             }
             starts.push(min as usize);
             lens.push(taps.len());
         }
-        Self {
-            starts,
-            lens,
-            weights,
-            ksize,
-        }
+        Self { starts, lens, weights, ksize }
     }
 
     /// First source index and weights of output index `i`.
@@ -165,9 +156,7 @@ pub fn resize_bicubic(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     let mut pixels = Cow::Borrowed(image.as_raw().as_slice());
     let mut first_row = 0;
     if width != in_width {
-        let rows = vertical_coeffs
-            .as_ref()
-            .map_or(0..in_height as usize, Coefficients::source_range);
+        let rows = vertical_coeffs.as_ref().map_or(0..in_height as usize, Coefficients::source_range);
         first_row = rows.start;
         let coeffs = Coefficients::new(in_width, width);
         pixels = Cow::Owned(horizontal(&pixels, in_width as usize, rows, &coeffs));
@@ -191,10 +180,7 @@ mod tests {
                 let (start, k) = c.taps(x);
                 assert!(start + k.len() <= i as usize);
                 let sum: i32 = k.iter().sum();
-                assert!(
-                    (sum - (1 << PRECISION_BITS)).abs() <= k.len() as i32,
-                    "{i}->{o} @ {x}: {sum}"
-                );
+                assert!((sum - (1 << PRECISION_BITS)).abs() <= k.len() as i32, "{i}->{o} @ {x}: {sum}");
             }
         }
     }
@@ -210,9 +196,6 @@ mod tests {
     fn empty_sizes_do_not_panic() {
         let image = RgbImage::new(3, 4);
         assert_eq!(resize_bicubic(&image, 0, 7).dimensions(), (0, 7));
-        assert_eq!(
-            resize_bicubic(&RgbImage::new(0, 0), 2, 2).dimensions(),
-            (2, 2)
-        );
+        assert_eq!(resize_bicubic(&RgbImage::new(0, 0), 2, 2).dimensions(), (2, 2));
     }
 }

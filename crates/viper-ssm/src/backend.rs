@@ -244,7 +244,8 @@ mod fusion_impl {
     }
 
     fn scan<B: FusionBackend + SsmBackend>(x: ScanInput<Fusion<B>>, single: bool) -> ScanOutput<Fusion<B>> {
-        let ins = [ft(x.u), ft(x.delta), ft(x.delta_bias), ft(x.a_log), ft(x.b), ft(x.c), ft(x.d), ft(x.z), ft(x.state)];
+        let ins =
+            [ft(x.u), ft(x.delta), ft(x.delta_bias), ft(x.a_log), ft(x.b), ft(x.c), ft(x.d), ft(x.z), ft(x.state)];
         let client = ins[0].client.clone();
         let y = TensorIr::uninit(client.create_empty_handle(), ins[0].shape.clone(), ins[0].dtype);
         let s = TensorIr::uninit(client.create_empty_handle(), ins[8].shape.clone(), ins[8].dtype);
@@ -254,10 +255,16 @@ mod fusion_impl {
         let op = ScanOp::<B> { desc: desc.clone(), single, _b: PhantomData };
         let [y, s]: [FusionTensor<B::FusionRuntime>; 2] =
             client.register(streams, OperationIr::Custom(desc), op).try_into().expect("two outputs");
-        ScanOutput { y: Tensor::from_primitive(TensorPrimitive::Float(y)), state: Tensor::from_primitive(TensorPrimitive::Float(s)) }
+        ScanOutput {
+            y: Tensor::from_primitive(TensorPrimitive::Float(y)),
+            state: Tensor::from_primitive(TensorPrimitive::Float(s)),
+        }
     }
 
-    fn conv<B: FusionBackend + SsmBackend>(x: ConvInput<Fusion<B>>, single: bool) -> (Tensor<Fusion<B>, 3>, Tensor<Fusion<B>, 3>) {
+    fn conv<B: FusionBackend + SsmBackend>(
+        x: ConvInput<Fusion<B>>,
+        single: bool,
+    ) -> (Tensor<Fusion<B>, 3>, Tensor<Fusion<B>, 3>) {
         let mut ins = vec![ft(x.x), ft(x.window), ft(x.weight)];
         ins.extend(x.bias.map(ft));
         let client = ins[0].client.clone();

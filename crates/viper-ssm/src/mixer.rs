@@ -74,8 +74,10 @@ impl<B: SsmBackend> MambaMixer<B> {
     pub fn load(config: &MambaConfig, w: &Weights, device: &B::Device) -> Result<Self> {
         let c = config;
         let conv = w.pp("conv1d");
-        let conv_weight = conv.tensor::<B, 3>("weight", [c.d_inner, 1, c.d_conv], device)?.reshape([c.d_inner, c.d_conv]);
-        let conv_bias = if c.conv_bias { Some(Param::from_tensor(conv.tensor("bias", [c.d_inner], device)?)) } else { None };
+        let conv_weight =
+            conv.tensor::<B, 3>("weight", [c.d_inner, 1, c.d_conv], device)?.reshape([c.d_inner, c.d_conv]);
+        let conv_bias =
+            if c.conv_bias { Some(Param::from_tensor(conv.tensor("bias", [c.d_inner], device)?)) } else { None };
         let norms = match c.variant {
             MambaVariant::Jamba { rms_eps } => Some(DtBcNorms {
                 dt_layernorm: RmsNorm::load(&w.pp("dt_layernorm"), c.dt_rank, rms_eps, device)?,
@@ -104,10 +106,14 @@ impl<B: SsmBackend> MambaMixer<B> {
     pub fn random(config: &MambaConfig, device: &B::Device) -> Self {
         use burn::tensor::Distribution;
         let c = config;
-        let normal = |shape: [usize; 2], std: f64| Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, std), device);
+        let normal =
+            |shape: [usize; 2], std: f64| Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, std), device);
         let vec = |n: usize, lo: f64, hi: f64| Tensor::<B, 1>::random([n], Distribution::Uniform(lo, hi), device);
         // Linear weights are stored as PyTorch's [out, in], used transposed (see `Weights::linear`).
-        let linear = |d_in: usize, d_out: usize| Linear { weight: Param::from_tensor(normal([d_out, d_in], (d_in as f64).powf(-0.5)).transpose()), bias: None };
+        let linear = |d_in: usize, d_out: usize| Linear {
+            weight: Param::from_tensor(normal([d_out, d_in], (d_in as f64).powf(-0.5)).transpose()),
+            bias: None,
+        };
         let n = Tensor::<B, 1, Int>::arange(1..c.d_state as i64 + 1, device).float().log();
         let a_log = n.unsqueeze::<2>().repeat_dim(0, c.d_inner) + normal([c.d_inner, c.d_state], 0.1);
         let dt = vec(c.d_inner, 0.001f64.ln(), 0.1f64.ln()).exp();
@@ -165,7 +171,12 @@ impl<B: SsmBackend> MambaMixer<B> {
         let z = xz.narrow(2, c.d_inner, c.d_inner);
 
         // 2. causal depthwise conv + SiLU, carrying the window.
-        let conv = ConvInput { x: xs, window: state.conv, weight: self.conv_weight.val(), bias: self.conv_bias.as_ref().map(|p| p.val()) };
+        let conv = ConvInput {
+            x: xs,
+            window: state.conv,
+            weight: self.conv_weight.val(),
+            bias: self.conv_bias.as_ref().map(|p| p.val()),
+        };
         let (u, conv_state) = if single { B::causal_conv1d_update(conv) } else { B::causal_conv1d(conv) };
 
         // 3. x_proj → dt | B | C, normalised per variant.
@@ -182,7 +193,17 @@ impl<B: SsmBackend> MambaMixer<B> {
         let delta = self.dt_proj.forward(dt.cast(self.dt_proj.weight.val().dtype())); // (b, l, I)
 
         // 4. selective scan with D skip and SiLU(z) gating.
-        let scan = ScanInput { u, delta, delta_bias: self.dt_bias.val(), a_log: self.a_log.val(), b: bm, c: cm, d: self.d.val(), z, state: state.ssm };
+        let scan = ScanInput {
+            u,
+            delta,
+            delta_bias: self.dt_bias.val(),
+            a_log: self.a_log.val(),
+            b: bm,
+            c: cm,
+            d: self.d.val(),
+            z,
+            state: state.ssm,
+        };
         let out = if single { B::selective_state_update(scan) } else { B::selective_scan(scan) };
         (self.out_proj.forward(out.y), MambaState { conv: conv_state, ssm: out.state })
     }

@@ -16,7 +16,16 @@ fn rel_err(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f32 {
 }
 
 fn config(variant: MambaVariant) -> MambaConfig {
-    MambaConfig { d_model: 24, d_inner: 36, d_state: 7, d_conv: 4, dt_rank: 3, conv_bias: true, proj_bias: false, variant }
+    MambaConfig {
+        d_model: 24,
+        d_inner: 36,
+        d_state: 7,
+        d_conv: 4,
+        dt_rank: 3,
+        conv_bias: true,
+        proj_bias: false,
+        variant,
+    }
 }
 
 fn random_state(m: &MambaMixer<B>, batch: usize) -> MambaState<B> {

@@ -30,20 +30,13 @@ pub fn vision_model_prefix(ckpt: &Checkpoint) -> Result<String> {
     ckpt.prefix_of(ANCHOR).ok_or_else(|| {
         VisionError::Checkpoint(CheckpointError::MissingTensor {
             key: format!("vision_model.{ANCHOR}"),
-            hint: format!(
-                " (no single key ends with `{ANCHOR}`: no CLIP vision tower, or more than one)"
-            ),
+            hint: format!(" (no single key ends with `{ANCHOR}`: no CLIP vision tower, or more than one)"),
         })
     })
 }
 
 /// Reads a PyTorch `nn.LayerNorm` (`weight`, `bias` of shape `[d]`).
-fn layer_norm<B: Backend>(
-    w: &Weights,
-    d: usize,
-    eps: f64,
-    device: &B::Device,
-) -> Result<LayerNorm<B>> {
+fn layer_norm<B: Backend>(w: &Weights, d: usize, eps: f64, device: &B::Device) -> Result<LayerNorm<B>> {
     let mut norm = LayerNormConfig::new(d).with_epsilon(eps).init(device);
     norm.gamma = Param::from_tensor(w.tensor("weight", [d], device)?);
     norm.beta = Some(Param::from_tensor(w.tensor("bias", [d], device)?));
@@ -64,12 +57,8 @@ pub struct ClipVisionEmbeddings<B: Backend> {
 impl<B: Backend> ClipVisionEmbeddings<B> {
     fn load(c: &ClipVisionConfig, w: &Weights, device: &B::Device) -> Result<Self> {
         let (d, p) = (c.hidden_size, c.patch_size);
-        let weight = w
-            .pp("patch_embedding")
-            .tensor("weight", [d, c.num_channels, p, p], device)?;
-        let positions =
-            w.pp("position_embedding")
-                .tensor("weight", [c.num_patches() + 1, d], device)?;
+        let weight = w.pp("patch_embedding").tensor("weight", [d, c.num_channels, p, p], device)?;
+        let positions = w.pp("position_embedding").tensor("weight", [c.num_patches() + 1, d], device)?;
         Ok(Self {
             class_embedding: Param::from_tensor(w.tensor("class_embedding", [d], device)?),
             patch_embedding: Conv2d {
@@ -81,9 +70,7 @@ impl<B: Backend> ClipVisionEmbeddings<B> {
                 groups: 1,
                 padding: PaddingConfig2d::Valid,
             },
-            position_embedding: Embedding {
-                weight: Param::from_tensor(positions),
-            },
+            position_embedding: Embedding { weight: Param::from_tensor(positions) },
         })
     }
 
@@ -92,11 +79,7 @@ impl<B: Backend> ClipVisionEmbeddings<B> {
         let patches = self.patch_embedding.forward(pixels); // (n, D, s, s)
         let [n, d, s, _] = patches.dims();
         let patches = patches.reshape([n, d, s * s]).swap_dims(1, 2); // (n, P, D), patch r*s+c
-        let cls = self
-            .class_embedding
-            .val()
-            .reshape([1, 1, d])
-            .expand([n, 1, d]);
+        let cls = self.class_embedding.val().reshape([1, 1, d]).expand([n, 1, d]);
         Tensor::cat(vec![cls, patches], 1) + self.position_embedding.weight.val().unsqueeze::<3>()
     }
 }
@@ -136,22 +119,10 @@ impl<B: Backend> ClipAttention<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [n, t, width] = x.dims();
         let (h, d) = (self.num_heads, width / self.num_heads);
-        let heads = |proj: &Linear<B>| {
-            proj.forward(x.clone())
-                .reshape([n, t, h, d])
-                .swap_dims(1, 2)
-        }; // (n, h, T, d)
+        let heads = |proj: &Linear<B>| proj.forward(x.clone()).reshape([n, t, h, d]).swap_dims(1, 2); // (n, h, T, d)
         let options = AttentionModuleOptions::default(); // scale 1/√d, no softcap, not causal
-        let o = attention(
-            heads(&self.q_proj),
-            heads(&self.k_proj),
-            heads(&self.v_proj),
-            None,
-            None,
-            options,
-        );
-        self.out_proj
-            .forward(o.swap_dims(1, 2).reshape([n, t, width]))
+        let o = attention(heads(&self.q_proj), heads(&self.k_proj), heads(&self.v_proj), None, None, options);
+        self.out_proj.forward(o.swap_dims(1, 2).reshape([n, t, width]))
     }
 }
 
@@ -200,11 +171,7 @@ impl<B: Backend> ClipEncoderLayer<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let h = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
         let mlp = &self.mlp;
-        h.clone()
-            + mlp.fc2.forward(
-                mlp.activation
-                    .forward(mlp.fc1.forward(self.layer_norm2.forward(h))),
-            )
+        h.clone() + mlp.fc2.forward(mlp.activation.forward(mlp.fc1.forward(self.layer_norm2.forward(h))))
     }
 }
 
@@ -240,12 +207,7 @@ pub struct ClipVisionTower<B: Backend> {
 
 impl<B: Backend> ClipVisionTower<B> {
     /// Loads the tower from a view positioned at the `vision_model.` level (see [`vision_model_prefix`]).
-    pub fn load(
-        config: &ClipVisionConfig,
-        select: FeatureSelect,
-        w: &Weights,
-        device: &B::Device,
-    ) -> Result<Self> {
+    pub fn load(config: &ClipVisionConfig, select: FeatureSelect, w: &Weights, device: &B::Device) -> Result<Self> {
         config.validate()?;
         let used = select.hidden_state_index(config.num_hidden_layers)?;
         log::debug!(
@@ -255,18 +217,11 @@ impl<B: Backend> ClipVisionTower<B> {
             select.feature
         );
         let layers = (0..used)
-            .map(|j| {
-                ClipEncoderLayer::load(config, &w.pp(format_args!("encoder.layers.{j}")), device)
-            })
+            .map(|j| ClipEncoderLayer::load(config, &w.pp(format_args!("encoder.layers.{j}")), device))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embeddings: ClipVisionEmbeddings::load(config, &w.pp("embeddings"), device)?,
-            pre_layrnorm: layer_norm(
-                &w.pp("pre_layrnorm"),
-                config.hidden_size,
-                config.layer_norm_eps,
-                device,
-            )?,
+            pre_layrnorm: layer_norm(&w.pp("pre_layrnorm"), config.hidden_size, config.layer_norm_eps, device)?,
             encoder: ClipEncoder { layers },
             config: config.clone(),
             select,
@@ -282,11 +237,7 @@ impl<B: Backend> ClipVisionTower<B> {
         let c = &self.config;
         let dims = pixel_values.dims();
         if dims[0] == 0 || dims[1..] != [c.num_channels, c.image_size, c.image_size] {
-            return Err(VisionError::PixelShape {
-                found: dims.to_vec(),
-                channels: c.num_channels,
-                size: c.image_size,
-            });
+            return Err(VisionError::PixelShape { found: dims.to_vec(), channels: c.num_channels, size: c.image_size });
         }
         let out_dtype = FloatDType::from(pixel_values.dtype());
         let dtype = FloatDType::from(self.embeddings.class_embedding.val().dtype());
@@ -305,9 +256,7 @@ impl<B: Backend> ClipVisionTower<B> {
     /// Whether `key` (relative to the `vision_model.` prefix) is a tensor this tower deliberately does
     /// not read; use it to filter [`Checkpoint::unused_keys`].
     pub fn is_unused_key(&self, key: &str) -> bool {
-        let layer = key
-            .strip_prefix("encoder.layers.")
-            .and_then(|r| r.split('.').next()?.parse::<usize>().ok());
+        let layer = key.strip_prefix("encoder.layers.").and_then(|r| r.split('.').next()?.parse::<usize>().ok());
         key.starts_with("post_layernorm.")
             || key == "embeddings.position_ids"
             || layer.is_some_and(|j| j >= self.encoder.layers.len())

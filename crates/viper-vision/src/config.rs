@@ -92,14 +92,10 @@ impl ClipVisionConfig {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| VisionError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let value = serde_json::from_str(&text).map_err(|e| VisionError::ConfigParse {
-            origin: origin.clone(),
-            reason: e.to_string(),
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| VisionError::Io { path: path.to_path_buf(), source })?;
+        let value = serde_json::from_str(&text)
+            .map_err(|e| VisionError::ConfigParse { origin: origin.clone(), reason: e.to_string() })?;
         Self::parse(&value, &origin)
     }
 
@@ -112,16 +108,12 @@ impl ClipVisionConfig {
             Some(other) => {
                 return Err(VisionError::InvalidConfig {
                     field: "model_type",
-                    reason: format!(
-                        "is `{other}`, expected `clip_vision_model` (or a `vision_config` object)"
-                    ),
+                    reason: format!("is `{other}`, expected `clip_vision_model` (or a `vision_config` object)"),
                 })
             }
         }
-        let config = Self::deserialize(value).map_err(|e| VisionError::ConfigParse {
-            origin: origin.to_string(),
-            reason: e.to_string(),
-        })?;
+        let config = Self::deserialize(value)
+            .map_err(|e| VisionError::ConfigParse { origin: origin.to_string(), reason: e.to_string() })?;
         config.validate()?;
         Ok(config)
     }
@@ -139,10 +131,7 @@ impl ClipVisionConfig {
             ("patch_size", self.patch_size),
         ];
         if let Some((field, _)) = sizes.iter().find(|(_, v)| *v == 0) {
-            return Err(VisionError::InvalidConfig {
-                field,
-                reason: "must be positive, got 0".into(),
-            });
+            return Err(VisionError::InvalidConfig { field, reason: "must be positive, got 0".into() });
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(VisionError::InvalidConfig {
@@ -156,10 +145,7 @@ impl ClipVisionConfig {
         if !self.image_size.is_multiple_of(self.patch_size) {
             return Err(VisionError::InvalidConfig {
                 field: "image_size",
-                reason: format!(
-                    "{} is not divisible by patch_size {}",
-                    self.image_size, self.patch_size
-                ),
+                reason: format!("{} is not divisible by patch_size {}", self.image_size, self.patch_size),
             });
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
@@ -266,11 +252,7 @@ impl FeatureSelect {
     /// number of encoder layers that must run.
     pub fn hidden_state_index(&self, num_layers: usize) -> Result<usize> {
         let count = num_layers as i64 + 1;
-        let index = if self.layer < 0 {
-            count + self.layer
-        } else {
-            self.layer
-        };
+        let index = if self.layer < 0 { count + self.layer } else { self.layer };
         if (0..count).contains(&index) {
             Ok(index as usize)
         } else {

@@ -55,21 +55,11 @@ pub fn unpad_region(
     Ok(if w / h > cur_w / cur_h {
         let new_h = (h * (cur_w / w)) as usize;
         let pad = grid_rows.saturating_sub(new_h) / 2;
-        UnpadRegion {
-            top: pad,
-            left: 0,
-            rows: grid_rows - 2 * pad,
-            cols: grid_cols,
-        }
+        UnpadRegion { top: pad, left: 0, rows: grid_rows - 2 * pad, cols: grid_cols }
     } else {
         let new_w = (w * (cur_h / h)) as usize;
         let pad = grid_cols.saturating_sub(new_w) / 2;
-        UnpadRegion {
-            top: 0,
-            left: pad,
-            rows: grid_rows,
-            cols: grid_cols - 2 * pad,
-        }
+        UnpadRegion { top: 0, left: pad, rows: grid_rows, cols: grid_cols - 2 * pad }
     })
 }
 
@@ -96,9 +86,7 @@ pub fn spatial_unpad_merge<B: Backend>(
     }
     let side = p.isqrt();
     if side * side != p {
-        return Err(VisionError::Input(format!(
-            "{p} tokens per crop is not a square grid (CLS not dropped?)"
-        )));
+        return Err(VisionError::Input(format!("{p} tokens per crop is not a square grid (CLS not dropped?)")));
     }
     if image_newline.dims() != [d] {
         return Err(VisionError::Input(format!(
@@ -111,10 +99,7 @@ pub fn spatial_unpad_merge<B: Backend>(
     if region.rows == 0 {
         return Ok(base);
     }
-    let newline = image_newline
-        .cast(FloatDType::from(base.dtype()))
-        .reshape([1, 1, d])
-        .expand([region.rows, 1, d]);
+    let newline = image_newline.cast(FloatDType::from(base.dtype())).reshape([1, 1, d]).expand([region.rows, 1, d]);
     let lines = if region.cols == 0 {
         newline
     } else {
@@ -124,13 +109,8 @@ pub fn spatial_unpad_merge<B: Backend>(
             .reshape([rows, cols, side, side, d])
             .permute([0, 2, 1, 3, 4])
             .reshape([rows * side, cols * side, d]);
-        let kept = grid
-            .narrow(0, region.top, region.rows)
-            .narrow(1, region.left, region.cols); // (H', W', D)
+        let kept = grid.narrow(0, region.top, region.rows).narrow(1, region.left, region.cols); // (H', W', D)
         Tensor::cat(vec![kept, newline], 1)
     }; // (H', W' + 1, D)
-    Ok(Tensor::cat(
-        vec![base, lines.reshape([region.num_tokens(), d])],
-        0,
-    ))
+    Ok(Tensor::cat(vec![base, lines.reshape([region.num_tokens(), d])], 0))
 }

@@ -39,7 +39,9 @@ impl FromStr for ProjectorType {
             (_, Some(n)) if n > 0 => Ok(Self::MlpGelu(n)),
             _ => Err(VisionError::InvalidConfig {
                 field: "mm_projector_type",
-                reason: format!("`{name}` is not supported (expected `linear`, `mlp{{N}}x_gelu` with N >= 1, or `identity`)"),
+                reason: format!(
+                    "`{name}` is not supported (expected `linear`, `mlp{{N}}x_gelu` with N >= 1, or `identity`)"
+                ),
             }),
         }
     }
@@ -62,10 +64,7 @@ impl ProjectorType {
         if w.contains("weight") {
             return Self::Linear;
         }
-        match (0..)
-            .take_while(|i| w.contains(&format!("{}.weight", 2 * i)))
-            .count()
-        {
+        match (0..).take_while(|i| w.contains(&format!("{}.weight", 2 * i))).count() {
             0 => Self::Identity,
             n => Self::MlpGelu(n),
         }
@@ -103,11 +102,7 @@ impl<B: Backend> MmProjector<B> {
         // No tensors at all for a non-identity type is a missing-weights problem: the loads below name
         // the absent key.
         if found != kind && found != ProjectorType::Identity {
-            let key = seq.key(if found == ProjectorType::Linear {
-                "weight"
-            } else {
-                "0.weight"
-            });
+            let key = seq.key(if found == ProjectorType::Linear { "weight" } else { "0.weight" });
             return Err(VisionError::ProjectorMismatch {
                 config: projector_type.to_string(),
                 found: format!("{found} (`{key}`)"),
@@ -131,11 +126,7 @@ impl<B: Backend> MmProjector<B> {
                 .collect::<std::result::Result<_, _>>()?,
             ProjectorType::Identity => Vec::new(),
         };
-        Ok(Self {
-            linears,
-            kind,
-            d_in: mm_hidden_size,
-        })
+        Ok(Self { linears, kind, d_in: mm_hidden_size })
     }
 
     /// `(…, mm_hidden_size)` → `(…, hidden_size)`: `linear_{N-1}(gelu(… gelu(linear_0(x))))`.

@@ -8,8 +8,8 @@ use common::{assert_close, fixture, read, rel_err, B};
 use serde_json::Value;
 use viper_checkpoint::{Checkpoint, LoadOptions};
 use viper_vision::{
-    spatial_unpad_merge, unpad_region, vision_model_prefix, ClipVisionConfig, ClipVisionTower,
-    FeatureSelect, MmProjector,
+    spatial_unpad_merge, unpad_region, vision_model_prefix, ClipVisionConfig, ClipVisionTower, FeatureSelect,
+    MmProjector,
 };
 
 fn json(path: std::path::PathBuf) -> Value {
@@ -17,10 +17,7 @@ fn json(path: std::path::PathBuf) -> Value {
 }
 
 fn pair(v: &Value) -> (usize, usize) {
-    (
-        v[0].as_u64().unwrap() as usize,
-        v[1].as_u64().unwrap() as usize,
-    )
+    (v[0].as_u64().unwrap() as usize, v[1].as_u64().unwrap() as usize)
 }
 
 fn check_family(family: &str, root: &str) {
@@ -29,21 +26,14 @@ fn check_family(family: &str, root: &str) {
     let vision = ClipVisionConfig::from_value(&config).unwrap();
     let select = FeatureSelect {
         layer: config["mm_vision_select_layer"].as_i64().unwrap(),
-        feature: config["mm_vision_select_feature"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap(),
+        feature: config["mm_vision_select_feature"].as_str().unwrap().parse().unwrap(),
     };
     let hidden = config["hidden_size"].as_u64().unwrap() as usize;
     let device = Default::default();
 
     let ckpt = Checkpoint::open(&dir).unwrap();
     let prefix = vision_model_prefix(&ckpt).unwrap();
-    assert_eq!(
-        prefix,
-        format!("{root}vision_tower.vision_tower.vision_model.")
-    );
+    assert_eq!(prefix, format!("{root}vision_tower.vision_tower.vision_model."));
     let w = ckpt.weights(LoadOptions::default());
     let tower = ClipVisionTower::<B>::load(&vision, select, &w.at(&prefix), &device).unwrap();
     let projector = MmProjector::<B>::load(
@@ -54,14 +44,8 @@ fn check_family(family: &str, root: &str) {
         &device,
     )
     .unwrap();
-    let newline = w
-        .at(root)
-        .tensor::<B, 1>("image_newline", [hidden], &device)
-        .unwrap();
-    let unused = ckpt.unused_keys(|k| {
-        k.strip_prefix(&prefix)
-            .is_some_and(|k| tower.is_unused_key(k))
-    });
+    let newline = w.at(root).tensor::<B, 1>("image_newline", [hidden], &device).unwrap();
+    let unused = ckpt.unused_keys(|k| k.strip_prefix(&prefix).is_some_and(|k| tower.is_unused_key(k)));
     assert!(unused.is_empty(), "{family}: unused {unused:?}");
 
     let expected = Checkpoint::open(dir.join("expected.safetensors")).unwrap();
@@ -74,46 +58,23 @@ fn check_family(family: &str, root: &str) {
         let image_size = pair(&case["image_size"]);
         let grid = pair(&case["grid_w_h"]);
 
-        let features = tower
-            .forward(read::<4>(&expected, &t("pixel_values")))
-            .unwrap();
-        assert_close(
-            features.clone(),
-            read::<3>(&expected, &t("clip_features")),
-            &t("clip_features"),
-        );
+        let features = tower.forward(read::<4>(&expected, &t("pixel_values"))).unwrap();
+        assert_close(features.clone(), read::<3>(&expected, &t("clip_features")), &t("clip_features"));
         let projected = projector.forward(features).unwrap();
         let want_projected = read::<3>(&expected, &t("projected_features"));
-        assert_close(
-            projected.clone(),
-            want_projected.clone(),
-            &t("projected_features"),
-        );
+        assert_close(projected.clone(), want_projected.clone(), &t("projected_features"));
         let merged = spatial_unpad_merge(projected, grid, image_size, newline.clone()).unwrap();
         let want_merged = read::<2>(&expected, &t("image_features"));
-        assert_eq!(
-            merged.dims()[0],
-            case["num_image_tokens"].as_u64().unwrap() as usize,
-            "{name}"
-        );
+        assert_eq!(merged.dims()[0], case["num_image_tokens"].as_u64().unwrap() as usize, "{name}");
         assert_close(merged, want_merged.clone(), &t("image_features"));
 
         // The merge alone is a pure rearrangement: exact on the reference's own projected features.
-        let merged =
-            spatial_unpad_merge(want_projected, grid, image_size, newline.clone()).unwrap();
-        assert_eq!(
-            rel_err(merged, want_merged),
-            0.0,
-            "{name}: merge of the reference features"
-        );
+        let merged = spatial_unpad_merge(want_projected, grid, image_size, newline.clone()).unwrap();
+        assert_eq!(rel_err(merged, want_merged), 0.0, "{name}: merge of the reference features");
 
         let (grid_h, grid_w) = pair(&case["feature_grid_before_unpad_h_w"]);
         let region = unpad_region(grid_h, grid_w, image_size.0, image_size.1).unwrap();
-        assert_eq!(
-            (region.rows, region.cols),
-            pair(&case["unpadded_h_w"]),
-            "{name}"
-        );
+        assert_eq!((region.rows, region.cols), pair(&case["unpadded_h_w"]), "{name}");
     }
 }
 

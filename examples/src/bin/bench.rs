@@ -21,8 +21,8 @@ use burn::module::Param;
 use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution, FloatDType};
-use viper_model::{FalconMambaCache, FalconMambaConfig, FalconMambaForCausalLM, LanguageModel, Logits};
 use viper_model::falcon_mamba::{FalconMambaBlock, FalconMambaModel};
+use viper_model::{FalconMambaCache, FalconMambaConfig, FalconMambaForCausalLM, LanguageModel, Logits};
 use viper_ssm::{ConvInput, MambaMixer, RmsNorm, ScanInput, SsmBackend};
 
 type Plain = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, half::bf16, i32, u8>;
@@ -69,7 +69,13 @@ fn time_batched<B: Backend>(dev: &B::Device, reps: usize, mut f: impl FnMut()) -
     t.elapsed().as_secs_f64() / reps as f64
 }
 
-fn rand<B: Backend, const D: usize>(shape: [usize; D], lo: f64, hi: f64, dtype: DType, dev: &B::Device) -> Tensor<B, D> {
+fn rand<B: Backend, const D: usize>(
+    shape: [usize; D],
+    lo: f64,
+    hi: f64,
+    dtype: DType,
+    dev: &B::Device,
+) -> Tensor<B, D> {
     Tensor::<B, D>::random(shape, Distribution::Uniform(lo, hi), dev).cast(FloatDType::from(dtype))
 }
 
@@ -98,7 +104,11 @@ fn scan_inputs<B: Backend>(l: usize, dtype: DType, dev: &B::Device) -> ScanInput
 
 /// Kernel table rows: L, dtype, scan time, scan bytes/s, conv time, conv bytes/s.
 fn kernel_table<B: SsmBackend>(dev: &B::Device, copy_bw: f64, quick: bool, report: &mut String) {
-    writeln!(report, "| L | dtype | scan time | scan min. bytes | scan bytes/s | % of copy | conv time | conv bytes/s |").unwrap();
+    writeln!(
+        report,
+        "| L | dtype | scan time | scan min. bytes | scan bytes/s | % of copy | conv time | conv bytes/s |"
+    )
+    .unwrap();
     writeln!(report, "|---:|---|---:|---:|---:|---:|---:|---:|").unwrap();
     for dtype in [DType::BF16, DType::F32] {
         for &l in SCAN_LENGTHS.iter().filter(|&&l| !quick || l <= 2048) {
@@ -108,7 +118,8 @@ fn kernel_table<B: SsmBackend>(dev: &B::Device, copy_bw: f64, quick: bool, repor
             let scan = |x: &ScanInput<B>| {
                 let _ = if l == 1 { B::selective_state_update(x.clone()) } else { B::selective_scan(x.clone()) };
             };
-            let t_scan = if l == 1 { time_batched::<B>(dev, reps, || scan(&x)) } else { time::<B>(dev, 3, reps, || scan(&x)) };
+            let t_scan =
+                if l == 1 { time_batched::<B>(dev, reps, || scan(&x)) } else { time::<B>(dev, 3, reps, || scan(&x)) };
             // u, Δ, z read and o written once; B, C read once; state read and written once.
             let scan_bytes = (4 * l * D_INNER + 2 * l * D_STATE + 2 * D_INNER * D_STATE) * e;
             let conv_in = ConvInput {
@@ -120,7 +131,11 @@ fn kernel_table<B: SsmBackend>(dev: &B::Device, copy_bw: f64, quick: bool, repor
             let conv = |c: &ConvInput<B>| {
                 let _ = if l == 1 { B::causal_conv1d_update(c.clone()) } else { B::causal_conv1d(c.clone()) };
             };
-            let t_conv = if l == 1 { time_batched::<B>(dev, reps, || conv(&conv_in)) } else { time::<B>(dev, 3, reps, || conv(&conv_in)) };
+            let t_conv = if l == 1 {
+                time_batched::<B>(dev, reps, || conv(&conv_in))
+            } else {
+                time::<B>(dev, 3, reps, || conv(&conv_in))
+            };
             // x read and out written once; window read and written; taps read.
             let conv_bytes = (2 * l * D_INNER + 2 * 4 * D_INNER + 5 * D_INNER) * e;
             let (bw_scan, bw_conv) = (scan_bytes as f64 / t_scan, conv_bytes as f64 / t_conv);
@@ -194,7 +209,10 @@ fn model_bench<B: SsmBackend>(name: &str, layers: usize, quick: bool, dev: &B::D
     println!("[{name}] model built in {:.1} s", t.elapsed().as_secs_f64());
     let prefill_lengths: &[usize] = if quick { &[512] } else { &[2048, 8192] };
     for &l in prefill_lengths {
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new((0..l as i64).map(|i| i % 60000).collect::<Vec<_>>(), [1, l]), dev);
+        let ids = Tensor::<B, 2, Int>::from_data(
+            TensorData::new((0..l as i64).map(|i| i % 60000).collect::<Vec<_>>(), [1, l]),
+            dev,
+        );
         let run = || {
             let mut cache: FalconMambaCache<B> = m.new_cache(1);
             let logits = m.forward(m.embed(ids.clone()), &mut cache, Logits::Last);
@@ -223,7 +241,11 @@ fn model_bench<B: SsmBackend>(name: &str, layers: usize, quick: bool, dev: &B::D
     };
     decode(4); // compile / tune the decode path
     let s = decode(steps);
-    let line = format!("| {name} | decode, batch 1 ({steps} steps) | {:.1} tokens/s | {:.2} ms/token |", steps as f64 / s, s * 1e3 / steps as f64);
+    let line = format!(
+        "| {name} | decode, batch 1 ({steps} steps) | {:.1} tokens/s | {:.2} ms/token |",
+        steps as f64 / s,
+        s * 1e3 / steps as f64
+    );
     println!("{line}");
     writeln!(report, "{line}").unwrap();
 }
@@ -252,14 +274,19 @@ fn main() {
     writeln!(report, "Card: {gpu}\n").unwrap();
 
     let copy_bw = copy_bandwidth::<Plain>(&dev);
-    let line = format!("Device-to-device copy (element-wise x·1 over 1 GiB f32, read + write): {:.0} GB/s\n", copy_bw / 1e9);
+    let line =
+        format!("Device-to-device copy (element-wise x·1 over 1 GiB f32, read + write): {:.0} GB/s\n", copy_bw / 1e9);
     println!("{line}");
     report.push_str(&line);
     writeln!(report, "\n### Kernels (batch 1, d_inner {D_INNER}, d_state {D_STATE}; plain CubeBackend)\n").unwrap();
     kernel_table::<Plain>(&dev, copy_bw, quick, &mut report);
 
     if !only_kernels {
-        writeln!(report, "\n### falcon-mamba-7b-shaped model ({layers} layers, hidden {D_MODEL}, random bf16 weights)\n").unwrap();
+        writeln!(
+            report,
+            "\n### falcon-mamba-7b-shaped model ({layers} layers, hidden {D_MODEL}, random bf16 weights)\n"
+        )
+        .unwrap();
         writeln!(report, "| backend | measurement | result | time |").unwrap();
         writeln!(report, "|---|---|---:|---:|").unwrap();
         model_bench::<Plain>("CubeBackend", layers, quick, &dev, &mut report);

@@ -248,14 +248,21 @@ fn generate<B: SsmBackend>(args: &GenerateArgs, device: &B::Device) -> Result<()
     let start = Instant::now();
     let mut first = true;
     let mut out = std::io::stdout().lock();
-    let generation = viper_model::generate(&viper.model, &mut cache, prepared.inputs_embeds.clone(), &config, &viper.tokenizer, |piece| {
-        if first {
-            bar.finish_and_clear();
-            first = false;
-        }
-        let _ = write!(out, "{piece}");
-        let _ = out.flush();
-    })?;
+    let generation = viper_model::generate(
+        &viper.model,
+        &mut cache,
+        prepared.inputs_embeds.clone(),
+        &config,
+        &viper.tokenizer,
+        |piece| {
+            if first {
+                bar.finish_and_clear();
+                first = false;
+            }
+            let _ = write!(out, "{piece}");
+            let _ = out.flush();
+        },
+    )?;
     bar.finish_and_clear();
     writeln!(out)?;
     log::info!("{} tokens in {:.2?} ({:?})", generation.ids.len(), start.elapsed(), generation.finish);
@@ -301,7 +308,9 @@ fn dump<B: SsmBackend>(prepared: &PreparedPrompt<B>, dir: &Path) -> Result<()> {
     }
     let views = tensors
         .iter()
-        .map(|(name, (shape, bytes))| Ok((name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)?)))
+        .map(|(name, (shape, bytes))| {
+            Ok((name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)?))
+        })
         .collect::<Result<Vec<_>>>()?;
     let path = dir.join("tensors.safetensors");
     safetensors::serialize_to_file(views, None, &path).with_context(|| format!("writing {}", path.display()))?;
@@ -313,7 +322,10 @@ fn chat<B: SsmBackend>(args: &CommonArgs, device: &B::Device) -> Result<()> {
     let config = generation_config(&viper, args);
     let mut session = viper.chat(None);
     let mut images = open_images(&args.images)?;
-    eprintln!("viper chat: {} — empty line or Ctrl-D to quit, `/image PATH` attaches an image to the next question", args.model);
+    eprintln!(
+        "viper chat: {} — empty line or Ctrl-D to quit, `/image PATH` attaches an image to the next question",
+        args.model
+    );
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     loop {

@@ -7,7 +7,7 @@
 //! window'   = full[L .. L + K]                 (the last K inputs, for the next call)
 //! ```
 //!
-//! One thread per (batch, position, channel), channel fastest (coalesced). Positions `t < L` write an
+//! One thread per (batch, position, channel): grid x = channel tiles (coalesced), y = positions, z = batch. Positions `t < L` write an
 //! output; positions `t < K` also copy one slot of the new window, so the grid covers `max(L, K)`
 //! positions and a decode step (`L = 1`) is a single launch. Arithmetic in f32; `x`, `window` and the
 //! outputs share the storage dtype `F`, the taps and bias have dtype `W`.
@@ -18,16 +18,14 @@ use cubecl::prelude::*;
 #[cube]
 fn full_at<F: Float>(x: &Tensor<F>, window: &Tensor<F>, bi: usize, p: usize, d: usize) -> F {
     let k = window.shape(1);
-    let mut v = F::new(0.0);
     if p < k {
-        v = window[bi * window.stride(0) + p * window.stride(1) + d * window.stride(2)];
+        window[bi * window.stride(0) + p * window.stride(1) + d * window.stride(2)]
     } else {
-        v = x[bi * x.stride(0) + (p - k) * x.stride(1) + d * x.stride(2)];
+        x[bi * x.stride(0) + (p - k) * x.stride(1) + d * x.stride(2)]
     }
-    v
 }
 
-#[cube(launch)]
+#[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn causal_conv1d_kernel<F: Float, W: Float>(
     x: &Tensor<F>,
@@ -43,14 +41,39 @@ pub fn causal_conv1d_kernel<F: Float, W: Float>(
     let n_inner = x.shape(2);
     let len = x.shape(1);
     let positions = usize::max(len, k);
-    let pos = ABSOLUTE_POS;
-    if pos >= x.shape(0) * positions * n_inner {
+    let d = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
+    let bi = CUBE_POS_Z as usize;
+    if d >= n_inner {
         terminate!();
     }
-    let d = pos % n_inner;
-    let t = (pos / n_inner) % positions;
-    let bi = pos / (n_inner * positions);
+    // Positions are strided over grid y (at most 65535 cubes on CUDA).
+    let mut t = CUBE_POS_Y as usize;
+    loop {
+        if t >= positions {
+            break;
+        }
+        conv_at::<F, W>(x, window, weight, bias, out, window_out, bi, t, d, k, has_bias);
+        t += CUBE_COUNT_Y as usize;
+    }
+}
 
+/// One (batch, position, channel) of [`causal_conv1d_kernel`].
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn conv_at<F: Float, W: Float>(
+    x: &Tensor<F>,
+    window: &Tensor<F>,
+    weight: &Tensor<W>,
+    bias: &Tensor<W>,
+    out: &mut Tensor<F>,
+    window_out: &mut Tensor<F>,
+    bi: usize,
+    t: usize,
+    d: usize,
+    #[comptime] k: usize,
+    #[comptime] has_bias: bool,
+) {
+    let len = x.shape(1);
     if t < len {
         let mut acc = 0.0f32;
         if has_bias {

@@ -26,6 +26,9 @@ pub const SCAN_MIN_CHUNK: usize = 32;
 /// Threads per cube of the element-wise launches (conv, combine).
 const ELEMWISE_CUBE: u32 = 256;
 
+/// Cubes along grid y at most (CUDA's limit); the conv strides longer sequences over it.
+const MAX_GRID_Y: u32 = 65_535;
+
 /// Chunk length forced by `VIPER_SCAN_CHUNK` (for benchmarking), read once.
 fn chunk_override() -> Option<usize> {
     static OVERRIDE: OnceLock<Option<usize>> = OnceLock::new();
@@ -84,62 +87,75 @@ pub fn selective_scan<R: CubeRuntime>(x: ScanTensors<R>) -> (CubeTensor<R>, Cube
     let (tf, tp, tw, ts) = (st(x.u.dtype), st(x.b.dtype), st(x.a_log.dtype), st(x.state.dtype));
 
     let h_start = if chunked {
-        let h_loc = empty_device_dtype(client.clone(), device.clone(), Shape::new([bsz, n_chunks, n_state, di]), DType::F32);
+        let h_loc =
+            empty_device_dtype(client.clone(), device.clone(), Shape::new([bsz, n_chunks, n_state, di]), DType::F32);
         let dt_sum = empty_device_dtype(client.clone(), device.clone(), Shape::new([bsz, n_chunks, di]), DType::F32);
-        scan::scan_chunk_state::launch(
-            &client,
-            cube_count.clone(),
-            cube_dim,
-            x.u.clone().into_tensor_arg(),
-            x.delta.clone().into_tensor_arg(),
-            x.delta_bias.clone().into_tensor_arg(),
-            x.a_log.clone().into_tensor_arg(),
-            x.b.clone().into_tensor_arg(),
-            h_loc.clone().into_tensor_arg(),
-            dt_sum.clone().into_tensor_arg(),
-            chunk_len,
-            n_state,
-            [tf, tp, tw],
-        );
+        // SAFETY: the kernel guards every index it forms by the shapes it reads (channel bound, chunk and
+        // sequence ends), so the unchecked launch reads and writes only inside its tensors.
+        unsafe {
+            scan::scan_chunk_state::launch_unchecked(
+                &client,
+                cube_count.clone(),
+                cube_dim,
+                x.u.clone().into_tensor_arg(),
+                x.delta.clone().into_tensor_arg(),
+                x.delta_bias.clone().into_tensor_arg(),
+                x.a_log.clone().into_tensor_arg(),
+                x.b.clone().into_tensor_arg(),
+                h_loc.clone().into_tensor_arg(),
+                dt_sum.clone().into_tensor_arg(),
+                chunk_len,
+                n_state,
+                [tf, tp, tw],
+            )
+        };
         let lanes = bsz * n_state * di;
-        scan::scan_chunk_combine::launch(
-            &client,
-            elemwise_count(lanes),
-            CubeDim::new_1d(ELEMWISE_CUBE),
-            x.a_log.clone().into_tensor_arg(),
-            x.state.clone().into_tensor_arg(),
-            h_loc.clone().into_tensor_arg(),
-            dt_sum.into_tensor_arg(),
-            n_state,
-            [tw, ts],
-        );
+        // SAFETY: the kernel guards every index it forms by the shapes it reads (channel bound, chunk and
+        // sequence ends), so the unchecked launch reads and writes only inside its tensors.
+        unsafe {
+            scan::scan_chunk_combine::launch_unchecked(
+                &client,
+                elemwise_count(lanes),
+                CubeDim::new_1d(ELEMWISE_CUBE),
+                x.a_log.clone().into_tensor_arg(),
+                x.state.clone().into_tensor_arg(),
+                h_loc.clone().into_tensor_arg(),
+                dt_sum.into_tensor_arg(),
+                n_state,
+                [tw, ts],
+            )
+        };
         h_loc
     } else {
         // Not read when unchunked; any f32 tensor will do as the argument.
         empty_device_dtype(client.clone(), device.clone(), Shape::new([1, 1, 1, 1]), DType::F32)
     };
 
-    scan::scan_chunk_output::launch(
-        &client,
-        cube_count,
-        cube_dim,
-        x.u.into_tensor_arg(),
-        x.delta.into_tensor_arg(),
-        x.delta_bias.into_tensor_arg(),
-        x.a_log.into_tensor_arg(),
-        x.b.into_tensor_arg(),
-        x.c.into_tensor_arg(),
-        x.d.into_tensor_arg(),
-        x.z.into_tensor_arg(),
-        x.state.into_tensor_arg(),
-        h_start.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        state_out.clone().into_tensor_arg(),
-        chunk_len,
-        n_state,
-        chunked,
-        [tf, tp, tw, ts],
-    );
+    // SAFETY: the kernel guards every index it forms by the shapes it reads (channel bound, chunk and
+    // sequence ends), so the unchecked launch reads and writes only inside its tensors.
+    unsafe {
+        scan::scan_chunk_output::launch_unchecked(
+            &client,
+            cube_count,
+            cube_dim,
+            x.u.into_tensor_arg(),
+            x.delta.into_tensor_arg(),
+            x.delta_bias.into_tensor_arg(),
+            x.a_log.into_tensor_arg(),
+            x.b.into_tensor_arg(),
+            x.c.into_tensor_arg(),
+            x.d.into_tensor_arg(),
+            x.z.into_tensor_arg(),
+            x.state.into_tensor_arg(),
+            h_start.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            state_out.clone().into_tensor_arg(),
+            chunk_len,
+            n_state,
+            chunked,
+            [tf, tp, tw, ts],
+        )
+    };
     (out, state_out)
 }
 
@@ -162,21 +178,25 @@ pub fn causal_conv1d<R: CubeRuntime>(
     let has_bias = bias.is_some();
     let (tf, tw) = (st(x.dtype), st(weight.dtype));
     let bias = bias.unwrap_or_else(|| weight.clone());
-    let lanes = bsz * len.max(k) * di;
-    conv::causal_conv1d_kernel::launch(
-        &client,
-        elemwise_count(lanes),
-        CubeDim::new_1d(ELEMWISE_CUBE),
-        x.into_tensor_arg(),
-        window.into_tensor_arg(),
-        weight.into_tensor_arg(),
-        bias.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        window_out.clone().into_tensor_arg(),
-        k,
-        has_bias,
-        [tf, tw],
-    );
+    let positions = (len.max(k) as u32).min(MAX_GRID_Y);
+    // SAFETY: the kernel guards every index it forms by the shapes it reads (channel bound, chunk and
+    // sequence ends), so the unchecked launch reads and writes only inside its tensors.
+    unsafe {
+        conv::causal_conv1d_kernel::launch_unchecked(
+            &client,
+            CubeCount::Static((di as u32).div_ceil(ELEMWISE_CUBE), positions, bsz as u32),
+            CubeDim::new_1d(ELEMWISE_CUBE),
+            x.into_tensor_arg(),
+            window.into_tensor_arg(),
+            weight.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            window_out.clone().into_tensor_arg(),
+            k,
+            has_bias,
+            [tf, tw],
+        )
+    };
     (out, window_out)
 }
 

@@ -56,7 +56,7 @@ fn load_a<W: Float>(a_log: &Tensor<W>, d: usize, #[comptime] n_state: usize) -> 
 /// Pass 1: each thread runs its chunk of one channel from a zero state.
 ///
 /// Grid: x = channel tiles, y = chunk, z = batch. Outputs `h_loc[bi, c, n, d]`, `dt_sum[bi, c, d]`.
-#[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
+#[cube(launch_unchecked, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 pub fn scan_chunk_state<F: Float, P: Float, W: Float>(
     u: &Tensor<F>,
     delta: &Tensor<F>,
@@ -89,16 +89,18 @@ pub fn scan_chunk_state<F: Float, P: Float, W: Float>(
     }
     let mut sum = 0.0f32;
 
+    // Strides hoisted: each `stride()` is a metadata read.
+    let (su, sdt, sb, sbn) = (u.stride(1), delta.stride(1), b.stride(1), b.stride(2));
     let base_u = bi * u.stride(0) + d * u.stride(2);
     let base_dt = bi * delta.stride(0) + d * delta.stride(2);
     let base_b = bi * b.stride(0);
     for t in t0..t1 {
-        let dt = softplus_f32(f32::cast_from(delta[base_dt + t * delta.stride(1)]) + bias);
-        let du = dt * f32::cast_from(u[base_u + t * u.stride(1)]);
-        let row_b = base_b + t * b.stride(1);
+        let dt = softplus_f32(f32::cast_from(delta[base_dt + t * sdt]) + bias);
+        let du = dt * f32::cast_from(u[base_u + t * su]);
+        let row_b = base_b + t * sb;
         #[unroll]
         for n in 0..n_state {
-            h[n] = f32::exp(dt * a[n]) * h[n] + du * f32::cast_from(b[row_b + n * b.stride(2)]);
+            h[n] = f32::exp(dt * a[n]) * h[n] + du * f32::cast_from(b[row_b + n * sbn]);
         }
         sum += dt;
     }
@@ -115,7 +117,7 @@ pub fn scan_chunk_state<F: Float, P: Float, W: Float>(
 /// `h_loc` with the state at that chunk's start.
 ///
 /// Grid: 1-D over `b · N · I` (channel fastest, so the scratch accesses are coalesced).
-#[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
+#[cube(launch_unchecked, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 pub fn scan_chunk_combine<W: Float, S: Float>(
     a_log: &Tensor<W>,
     state: &Tensor<S>,
@@ -137,11 +139,15 @@ pub fn scan_chunk_combine<W: Float, S: Float>(
 
     let mut carry = f32::cast_from(state[bi * state.stride(0) + d * state.stride(1) + n * state.stride(2)]);
     let n_chunks = h_loc.shape(1);
-    for c in 0..n_chunks {
-        let idx = ((bi * n_chunks + c) * n_state + n) * n_inner + d;
+    // Consecutive chunks are `N · I` apart in `h_loc` and `I` apart in `dt_sum`.
+    let mut idx = (bi * n_chunks * n_state + n) * n_inner + d;
+    let mut idx_dt = bi * n_chunks * n_inner + d;
+    for _c in 0..n_chunks {
         let local = h_loc[idx];
         h_loc[idx] = carry;
-        carry = f32::exp(a * dt_sum[(bi * n_chunks + c) * n_inner + d]) * carry + local;
+        carry = f32::exp(a * dt_sum[idx_dt]) * carry + local;
+        idx += n_state * n_inner;
+        idx_dt += n_inner;
     }
 }
 
@@ -150,7 +156,7 @@ pub fn scan_chunk_combine<W: Float, S: Float>(
 ///
 /// Grid: x = channel tiles, y = chunk, z = batch. `h_start` is `h_loc` after pass 2 when `chunked`,
 /// otherwise ignored (the start state is `state`).
-#[cube(launch, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
+#[cube(launch_unchecked, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 #[allow(clippy::too_many_arguments)]
 pub fn scan_chunk_output<F: Float, P: Float, W: Float, S: Float>(
     u: &Tensor<F>,
@@ -198,6 +204,9 @@ pub fn scan_chunk_output<F: Float, P: Float, W: Float, S: Float>(
         }
     }
 
+    // Strides hoisted: each `stride()` is a metadata read.
+    let (su, sdt, sz, so) = (u.stride(1), delta.stride(1), z.stride(1), out.stride(1));
+    let (sb, sbn, sc, scn) = (b.stride(1), b.stride(2), c_mat.stride(1), c_mat.stride(2));
     let base_u = bi * u.stride(0) + d * u.stride(2);
     let base_dt = bi * delta.stride(0) + d * delta.stride(2);
     let base_z = bi * z.stride(0) + d * z.stride(2);
@@ -205,27 +214,28 @@ pub fn scan_chunk_output<F: Float, P: Float, W: Float, S: Float>(
     let base_b = bi * b.stride(0);
     let base_c = bi * c_mat.stride(0);
     for t in t0..t1 {
-        let x = f32::cast_from(u[base_u + t * u.stride(1)]);
-        let dt = softplus_f32(f32::cast_from(delta[base_dt + t * delta.stride(1)]) + bias);
-        let gate = f32::cast_from(z[base_z + t * z.stride(1)]);
+        let x = f32::cast_from(u[base_u + t * su]);
+        let dt = softplus_f32(f32::cast_from(delta[base_dt + t * sdt]) + bias);
+        let gate = f32::cast_from(z[base_z + t * sz]);
         let du = dt * x;
-        let row_b = base_b + t * b.stride(1);
-        let row_c = base_c + t * c_mat.stride(1);
+        let row_b = base_b + t * sb;
+        let row_c = base_c + t * sc;
         let mut y = skip * x;
         #[unroll]
         for n in 0..n_state {
-            h[n] = f32::exp(dt * a[n]) * h[n] + du * f32::cast_from(b[row_b + n * b.stride(2)]);
-            y += h[n] * f32::cast_from(c_mat[row_c + n * c_mat.stride(2)]);
+            h[n] = f32::exp(dt * a[n]) * h[n] + du * f32::cast_from(b[row_b + n * sbn]);
+            y += h[n] * f32::cast_from(c_mat[row_c + n * scn]);
         }
         // silu(z) = z · sigmoid(z); exp(−z) may reach +inf for very negative z, giving −0.
         let silu = gate / (1.0 + f32::exp(-gate));
-        out[base_o + t * out.stride(1)] = F::cast_from(y * silu);
+        out[base_o + t * so] = F::cast_from(y * silu);
     }
 
     if t1 == len {
         #[unroll]
         for n in 0..n_state {
-            state_out[bi * state_out.stride(0) + d * state_out.stride(1) + n * state_out.stride(2)] = S::cast_from(h[n]);
+            state_out[bi * state_out.stride(0) + d * state_out.stride(1) + n * state_out.stride(2)] =
+                S::cast_from(h[n]);
         }
     }
 }

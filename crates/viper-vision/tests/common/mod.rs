@@ -11,9 +11,7 @@ pub type B = NdArray;
 
 /// `fixtures/vision/<name>` of the workspace.
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/vision")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/vision").join(name)
 }
 
 /// A stored tensor of any float dtype as an f32 tensor of rank `D`.
@@ -27,10 +25,7 @@ pub fn rel_err<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape");
     let den = b.clone().abs().max().into_scalar();
     let num = (a - b).abs().max().into_scalar();
-    assert!(
-        den > 0.0 && num.is_finite(),
-        "degenerate comparison ({num} / {den})"
-    );
+    assert!(den > 0.0 && num.is_finite(), "degenerate comparison ({num} / {den})");
     num / den
 }
 
