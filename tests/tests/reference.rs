@@ -122,3 +122,31 @@ fn follow_up_reuses_the_cache() {
         assert_eq!(second.ids, fresh.ids);
     }
 }
+
+#[test]
+fn stops_on_eos_and_stop_strings() {
+    let dir = reference_dir("mamba-s1");
+    let viper = Viper::<B>::load(&dir, ViperLoadOptions::default(), &Default::default()).unwrap();
+    let conversation = Viper::<B>::conversation("What colors are in this picture?", vec![]);
+    let free = GenerationConfig { max_new_tokens: 16, ignore_eos: true, ..viper.default_generation() };
+    let (_, all) = viper.generate(&conversation, &free, |_| {}).unwrap();
+    assert_eq!(all.finish, viper_model::FinishReason::Length);
+    assert_eq!(all.ids.len(), 16);
+
+    // Treat the 6th generated id as end of sequence: generation stops right after it (kept, as transformers does).
+    let eos = GenerationConfig { max_new_tokens: 16, eos_token_ids: vec![all.ids[5]], ..Default::default() };
+    let (_, stopped) = viper.generate(&conversation, &eos, |_| {}).unwrap();
+    let first = all.ids.iter().position(|&id| id == all.ids[5]).unwrap();
+    assert_eq!(stopped.ids, all.ids[..=first]);
+    assert_eq!(stopped.finish, viper_model::FinishReason::Eos);
+
+    // A stop string taken from the unconstrained answer cuts the text before it.
+    let text = viper.tokenizer.decode(&all.ids, true).unwrap();
+    let needle: String = text.chars().skip(text.chars().count() / 2).take(2).collect();
+    let stop = GenerationConfig { max_new_tokens: 16, stop_strings: vec![needle.clone()], ..Default::default() };
+    let mut streamed = String::new();
+    let (_, cut) = viper.generate(&conversation, &stop, |piece| streamed.push_str(piece)).unwrap();
+    assert_eq!(cut.finish, viper_model::FinishReason::StopString);
+    assert!(!cut.text.contains(&needle) && text.starts_with(&cut.text), "{:?} vs {:?}", cut.text, text);
+    assert!(streamed.contains(&needle));
+}

@@ -83,7 +83,6 @@ pub fn generate<B: Backend, M: LanguageModel<B>>(
             prompt.dims()
         )));
     }
-    let vocab = model.vocab_size();
     let device = prompt.device();
     let mut sampler = Sampler::new(config.sampling.clone());
     let mut stream = tokenizer.stream(true);
@@ -105,8 +104,7 @@ pub fn generate<B: Backend, M: LanguageModel<B>>(
                 finish = FinishReason::Eos;
                 break;
             }
-            if let Some(cut) = config.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
-                text.truncate(cut);
+            if config.stop_strings.iter().any(|s| text.contains(s.as_str())) {
                 finish = FinishReason::StopString;
                 break;
             }
@@ -114,10 +112,7 @@ pub fn generate<B: Backend, M: LanguageModel<B>>(
         if ids.len() == config.max_new_tokens {
             break;
         }
-        if id as usize >= vocab {
-            return Err(ModelError::Input(format!("sampled id {id} is outside the {vocab}-row embedding matrix")));
-        }
-        let next = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![id as i64], [1, 1]), &device);
+        let next = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![i64::from(id)], [1, 1]), &device);
         logits = host_logits(model.forward(model.embed(next), cache, Logits::Last))?;
     }
     if finish == FinishReason::Length {

@@ -194,7 +194,15 @@ impl<B: SsmBackend> ChatSession<'_, B> {
             (prepared.inputs_embeds, tokens.ids.clone())
         };
         self.last_prefill = embeds.dims()[1];
-        let generation = generate(&viper.model, &mut self.cache, embeds, config, &viper.tokenizer, on_text)?;
+        let generation = match generate(&viper.model, &mut self.cache, embeds, config, &viper.tokenizer, on_text) {
+            Ok(g) => g,
+            Err(e) => {
+                // The cache may hold part of this turn: forget it so the next turn prefills afresh.
+                self.seen.clear();
+                self.pending = None;
+                return Err(e);
+            }
+        };
         self.seen = consumed;
         if let Some((&last, rest)) = generation.ids.split_last() {
             self.seen.extend(rest.iter().map(|&id| i64::from(id)));

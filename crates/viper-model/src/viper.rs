@@ -90,8 +90,9 @@ pub struct ViperModel<B: SsmBackend> {
 }
 
 /// Known tensors that a Viper model deliberately does not read.
+/// (`pos_emb.*`: the Jamba wrapper's rotary table, never used in forward; spec §7.8.)
 fn known_unused(key: &str) -> bool {
-    key.starts_with("pos_emb.") || key.ends_with(".position_ids") || key.contains("post_layernorm.")
+    key.starts_with("pos_emb.")
 }
 
 impl<B: SsmBackend> ViperModel<B> {
@@ -120,16 +121,13 @@ impl<B: SsmBackend> ViperModel<B> {
         } else {
             (None, None)
         };
-        let unused = ckpt.unused_keys(known_unused);
-        let vision_layers = vision.as_ref().map(|v| v.vision_tower.encoder.layers.len());
-        let unused: Vec<_> = unused
-            .into_iter()
-            .filter(|k| {
-                !(vision_layers.is_some()
-                    && k.contains("vision_tower.")
-                    && is_later_clip_layer(k, vision_layers.unwrap_or(0)))
-            })
-            .collect();
+        // Upstream ignores a frozen tower's copy in the checkpoint; a loaded tower skips its later layers.
+        let tower = vision.as_ref().map(|v| &v.vision_tower);
+        let frozen = !config.llava.unfreeze_mm_vision_tower;
+        let unused = ckpt.unused_keys(|key| {
+            let clip_key = key.split_once(".vision_tower.vision_tower.vision_model.").map(|(_, rel)| rel);
+            known_unused(key) || clip_key.is_some_and(|rel| frozen || tower.is_some_and(|t| t.is_unused_key(rel)))
+        });
         if !unused.is_empty() {
             log::warn!("{} checkpoint tensors were not used, e.g. {:?}", unused.len(), &unused[..unused.len().min(5)]);
         }
@@ -210,8 +208,7 @@ impl<B: SsmBackend> ViperModel<B> {
             if !segment.is_empty() {
                 let t =
                     Tensor::<B, 2, Int>::from_data(TensorData::new(segment.to_vec(), [1, segment.len()]), &self.device);
-                let [_, l, h] = [1, segment.len(), self.hidden_size()];
-                parts.push(self.embed(t).reshape([l, h]));
+                parts.push(self.embed(t).reshape([segment.len(), self.hidden_size()]));
             }
         }
         if parts.is_empty() {
@@ -231,13 +228,6 @@ impl<B: SsmBackend> ViperModel<B> {
         }
         Ok(embeds.unsqueeze())
     }
-}
-
-fn is_later_clip_layer(key: &str, used: usize) -> bool {
-    key.split("encoder.layers.")
-        .nth(1)
-        .and_then(|r| r.split('.').next()?.parse::<usize>().ok())
-        .is_some_and(|j| j >= used)
 }
 
 /// Finds the tower config (folder named by `mm_vision_tower`, then `vision_config`, then a known

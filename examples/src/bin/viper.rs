@@ -196,6 +196,25 @@ fn download(id: &str) -> Result<PathBuf> {
     Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
+/// With the `hub` feature: the CLIP tower named by `mm_vision_tower` when it is frozen (so not stored in
+/// the checkpoint) and is a hub id rather than a local folder.
+#[cfg(feature = "hub")]
+fn hub_vision_tower(dir: &Path) -> Option<PathBuf> {
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).ok()?).ok()?;
+    let frozen = !config["unfreeze_mm_vision_tower"].as_bool().unwrap_or(false);
+    let name = config["mm_vision_tower"].as_str()?;
+    if !frozen || !name.contains('/') || dir.join(name).exists() {
+        return None;
+    }
+    download(name).map_err(|e| log::warn!("cannot download the vision tower {name}: {e:#}")).ok()
+}
+
+#[cfg(not(feature = "hub"))]
+fn hub_vision_tower(_: &Path) -> Option<PathBuf> {
+    None
+}
+
 fn load<B: SsmBackend>(args: &CommonArgs, device: &B::Device) -> Result<Viper<B>> {
     let dir = resolve_model(&args.model)?;
     let options = ViperLoadOptions {
@@ -204,7 +223,7 @@ fn load<B: SsmBackend>(args: &CommonArgs, device: &B::Device) -> Result<Viper<B>
             DtypeArg::F16 => FloatDType::F16,
             DtypeArg::Bf16 => FloatDType::BF16,
         }),
-        vision_tower: args.vision_tower.clone(),
+        vision_tower: args.vision_tower.clone().or_else(|| hub_vision_tower(&dir)),
         strict_context: args.strict_context,
     };
     let bar = spinner(&format!("loading {}", dir.display()));
