@@ -429,6 +429,17 @@ impl<'a> Weights<'a> {
         Ok(Tensor::from_data(data, (device, target)))
     }
 
+    /// A causal LM's output head `{name}.weight` (`[vocab, hidden]`) when stored; otherwise, when
+    /// `tied` (transformers' `tie_word_embeddings`), the embedding matrix itself. Absent and untied is
+    /// a missing-tensor error naming the key.
+    pub fn lm_head<B: Backend>(&self, name: &str, embeddings: &Tensor<B, 2>, tied: bool) -> Result<Linear<B>> {
+        let [vocab, hidden] = embeddings.dims();
+        if self.contains(&format!("{name}.weight")) || !tied {
+            return self.linear(name, hidden, vocab, false, &embeddings.device());
+        }
+        Ok(Linear { weight: Param::from_tensor(embeddings.clone().transpose()), bias: None })
+    }
+
     /// Reads a PyTorch `nn.Linear` (`{name}.weight` of shape `[d_out, d_in]`, optional `{name}.bias`).
     ///
     /// The weight is kept in PyTorch's layout and used transposed, as Burn's `LinearLayout::Col` does.

@@ -86,12 +86,7 @@ impl<B: SsmBackend> FalconMambaForCausalLM<B> {
             })
             .collect::<Result<Vec<_>>>()?;
         let norm_f = RmsNorm::load(&w.pp("norm_f"), h, config.layer_norm_epsilon, device)?;
-        let head_key = format!("{root}lm_head.weight");
-        let lm_head = if ckpt.contains(&head_key) || !config.tie_word_embeddings {
-            all.linear(&format!("{root}lm_head"), h, vocab, false, device)?
-        } else {
-            Linear { weight: Param::from_tensor(emb.clone().transpose()), bias: None }
-        };
+        let lm_head = all.at(&root).lm_head("lm_head", &emb, config.tie_word_embeddings)?;
         Ok(Self {
             backbone: FalconMambaModel { embeddings: Embedding { weight: Param::from_tensor(emb) }, layers, norm_f },
             lm_head,

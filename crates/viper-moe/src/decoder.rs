@@ -164,11 +164,7 @@ impl<B: SsmBackend> JambaForCausalLM<B> {
             .map(|i| JambaDecoderLayer::load(config, i, &w.pp(format_args!("layers.{i}")), device))
             .collect::<Result<Vec<_>>>()?;
         let final_layernorm = RmsNorm::load(&w.pp("final_layernorm"), h, config.rms_norm_eps, device)?;
-        let lm_head = if ckpt.contains(&format!("{root}lm_head.weight")) || !config.tie_word_embeddings {
-            all.linear(&format!("{root}lm_head"), h, vocab, false, device)?
-        } else {
-            Linear { weight: Param::from_tensor(emb.clone().transpose()), bias: None }
-        };
+        let lm_head = all.at(&root).lm_head("lm_head", &emb, config.tie_word_embeddings)?;
         Ok(Self {
             model: JambaModel { embed_tokens: Embedding { weight: Param::from_tensor(emb) }, layers, final_layernorm },
             lm_head,
