@@ -124,7 +124,7 @@ impl<B: SsmBackend> LanguageModel<B> for FalconMambaForCausalLM<B> {
         let mut h = embeds;
         for (layer, state) in self.backbone.layers.iter().zip(cache.layers.iter_mut()) {
             // Spec §6.2: normalise the stream in the weight dtype, add the mixer output in f32.
-            let x = layer.norm.forward(h.clone().cast(dtype));
+            let x = layer.norm.forward_as(h.clone(), dtype);
             let y = if l == 1 {
                 let (y, s) = layer.mixer.step(x.reshape([b, d]), state.clone());
                 *state = s;
@@ -140,6 +140,6 @@ impl<B: SsmBackend> LanguageModel<B> for FalconMambaForCausalLM<B> {
             h = h.narrow(1, l - 1, 1);
         }
         let y = self.backbone.norm_f.forward(h);
-        self.lm_head.forward(y.cast(dtype)).cast(FloatDType::F32)
+        viper_ssm::linear(&self.lm_head, y.cast(dtype)).cast(FloatDType::F32)
     }
 }

@@ -51,6 +51,29 @@ pub struct ConvInput<B: Backend> {
     pub bias: Option<Tensor<B, 1>>,
 }
 
+/// Inputs of an RMS norm over the last dim (see [`reference::rms_norm`](crate::reference::rms_norm)).
+#[derive(Debug, Clone)]
+pub struct RmsNormInput<B: Backend> {
+    /// Rows to normalise, `[b, l, d]`, any float dtype.
+    pub x: Tensor<B, 3>,
+    /// Per-column scale `[d]`, if any.
+    pub weight: Option<Tensor<B, 1>>,
+    /// Added to the mean square before the square root.
+    pub eps: f64,
+    /// `x` is first rounded to this dtype (the model normalises its f32 residual stream in the weight
+    /// dtype); the normalised value is rounded to it again before the weight multiplies.
+    pub dtype: burn::tensor::DType,
+    /// Segment bounds `[s1, s2]`: columns `[0, s1)`, `[s1, s2)` and `[s2, d)` are normalised
+    /// separately (`[d, d]` for one segment).
+    pub segments: [usize; 2],
+}
+
+/// A Linear layer through [`SsmBackend::projection`]: Burn's product, or one matrix–vector launch for the
+/// decode step on the CubeCL backends.
+pub fn linear<B: SsmBackend>(layer: &burn::nn::Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    B::projection(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+}
+
 /// A backend that can run the Mamba mixer's sequence ops.
 pub trait SsmBackend: Backend {
     /// Selective scan over a sequence, state in and out.
@@ -71,6 +94,19 @@ pub trait SsmBackend: Backend {
     /// Causal conv + SiLU for one token (`l = 1`).
     fn causal_conv1d_update(input: ConvInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
         crate::reference::causal_conv1d(input)
+    }
+
+    /// A Linear layer, `x · weight (+ bias)` with `weight` `[d_in, d_out]`. CubeCL backends run a
+    /// matrix–vector kernel when `x` has at most 8 rows (the decode step) and the weight is laid out as
+    /// the loader builds it; otherwise, and on other backends, Burn's `linear`.
+    fn projection(x: Tensor<Self, 3>, weight: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>) -> Tensor<Self, 3> {
+        burn::tensor::module::linear(x, weight, bias)
+    }
+
+    /// RMS norm of each row (segment-wise), in f32, as transformers computes it. Output dtype: `dtype`,
+    /// or f32 when a weight of another dtype multiplies (PyTorch's promotion).
+    fn rms_norm(input: RmsNormInput<Self>) -> Tensor<Self, 3> {
+        crate::reference::rms_norm(input)
     }
 }
 
@@ -95,7 +131,7 @@ mod cube_impl {
     use burn::tensor::{DType, FloatDType, TensorPrimitive};
     use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-    use super::{ConvInput, ScanInput, ScanOutput, SsmBackend};
+    use super::{ConvInput, RmsNormInput, ScanInput, ScanOutput, SsmBackend};
     use crate::kernels;
 
     fn like<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
@@ -146,7 +182,27 @@ mod cube_impl {
         (wrap(y), wrap(window))
     }
 
+    fn norm<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+        x: RmsNormInput<CubeBackend<R, F, I, BT>>,
+    ) -> Tensor<CubeBackend<R, F, I, BT>, 3> {
+        wrap(kernels::rms_norm(prim(x.x), x.weight.map(prim), x.eps, x.dtype, x.segments))
+    }
+
     impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> SsmBackend for CubeBackend<R, F, I, BT> {
+        fn rms_norm(input: RmsNormInput<Self>) -> Tensor<Self, 3> {
+            norm(input)
+        }
+
+        fn projection(x: Tensor<Self, 3>, weight: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>) -> Tensor<Self, 3> {
+            let (xp, wp) = (prim(x.clone()), prim(weight.clone()));
+            if kernels::gemv_applies(&xp, &wp) {
+                let bias = bias.map(|b| prim(like(b, weight.dtype())));
+                wrap(kernels::gemv(xp, wp, bias))
+            } else {
+                burn::tensor::module::linear(x, weight, bias)
+            }
+        }
+
         fn selective_scan(input: ScanInput<Self>) -> ScanOutput<Self> {
             scan(input)
         }
@@ -177,7 +233,7 @@ mod fusion_impl {
     use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
     use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
-    use super::{ConvInput, ScanInput, ScanOutput, SsmBackend};
+    use super::{ConvInput, RmsNormInput, ScanInput, ScanOutput, SsmBackend};
 
     type Handles<B> = HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
 
@@ -243,6 +299,86 @@ mod fusion_impl {
         }
     }
 
+    #[derive(Debug)]
+    struct NormOp<B> {
+        desc: CustomOpIr,
+        eps: f64,
+        dtype: burn::tensor::DType,
+        segments: [usize; 2],
+        _b: PhantomData<B>,
+    }
+
+    impl<B: FusionBackend + SsmBackend> Operation<B::FusionRuntime> for NormOp<B> {
+        fn execute(&self, h: &mut Handles<B>) {
+            let ins = &self.desc.inputs;
+            let input = RmsNormInput::<B> {
+                x: get(h, &ins[0]),
+                weight: ins.get(1).map(|w| get(h, w)),
+                eps: self.eps,
+                dtype: self.dtype,
+                segments: self.segments,
+            };
+            put(h, &self.desc.outputs[0], B::rms_norm(input));
+        }
+    }
+
+    #[derive(Debug)]
+    struct LinearOp<B> {
+        desc: CustomOpIr,
+        _b: PhantomData<B>,
+    }
+
+    impl<B: FusionBackend + SsmBackend> Operation<B::FusionRuntime> for LinearOp<B> {
+        fn execute(&self, h: &mut Handles<B>) {
+            let ins = &self.desc.inputs;
+            let y = B::projection(get(h, &ins[0]), get(h, &ins[1]), ins.get(2).map(|b| get(h, b)));
+            put(h, &self.desc.outputs[0], y);
+        }
+    }
+
+    /// Registers the decode-sized products as a custom op (the layout check that picks the kernel
+    /// needs the real tensors, which only the op's execution sees); the rest go to Burn's `linear`.
+    fn linear<B: FusionBackend + SsmBackend>(
+        x: Tensor<Fusion<B>, 3>,
+        weight: Tensor<Fusion<B>, 2>,
+        bias: Option<Tensor<Fusion<B>, 1>>,
+    ) -> Tensor<Fusion<B>, 3> {
+        let [b, l, _] = x.dims();
+        if b * l > crate::kernels::gemv::GEMV_MAX_ROWS || x.dtype() != weight.dtype() {
+            return burn::tensor::module::linear(x, weight, bias);
+        }
+        let out_shape = burn::tensor::Shape::new([b, l, weight.dims()[1]]);
+        let mut ins = vec![ft(x), ft(weight)];
+        ins.extend(bias.map(ft));
+        let client = ins[0].client.clone();
+        let out = TensorIr::uninit(client.create_empty_handle(), out_shape, ins[0].dtype);
+        let streams = OperationStreams::with_inputs(ins.iter());
+        let irs: Vec<TensorIr> = ins.into_iter().map(|t| t.into_ir()).collect();
+        let desc = CustomOpIr::new("viper_linear", &irs, &[out]);
+        let op = LinearOp::<B> { desc: desc.clone(), _b: PhantomData };
+        let [out]: [FusionTensor<B::FusionRuntime>; 1] =
+            client.register(streams, OperationIr::Custom(desc), op).try_into().expect("one output");
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    fn norm<B: FusionBackend + SsmBackend>(x: RmsNormInput<Fusion<B>>) -> Tensor<Fusion<B>, 3> {
+        let out_dtype = match &x.weight {
+            Some(w) if w.dtype() != x.dtype => burn::tensor::DType::F32,
+            _ => x.dtype,
+        };
+        let mut ins = vec![ft(x.x)];
+        ins.extend(x.weight.map(ft));
+        let client = ins[0].client.clone();
+        let out = TensorIr::uninit(client.create_empty_handle(), ins[0].shape.clone(), out_dtype);
+        let streams = OperationStreams::with_inputs(ins.iter());
+        let irs: Vec<TensorIr> = ins.into_iter().map(|t| t.into_ir()).collect();
+        let desc = CustomOpIr::new("viper_rms_norm", &irs, &[out]);
+        let op = NormOp::<B> { desc: desc.clone(), eps: x.eps, dtype: x.dtype, segments: x.segments, _b: PhantomData };
+        let [out]: [FusionTensor<B::FusionRuntime>; 1] =
+            client.register(streams, OperationIr::Custom(desc), op).try_into().expect("one output");
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
     fn scan<B: FusionBackend + SsmBackend>(x: ScanInput<Fusion<B>>, single: bool) -> ScanOutput<Fusion<B>> {
         let ins =
             [ft(x.u), ft(x.delta), ft(x.delta_bias), ft(x.a_log), ft(x.b), ft(x.c), ft(x.d), ft(x.z), ft(x.state)];
@@ -280,6 +416,14 @@ mod fusion_impl {
     }
 
     impl<B: FusionBackend + SsmBackend> SsmBackend for Fusion<B> {
+        fn rms_norm(input: RmsNormInput<Self>) -> Tensor<Self, 3> {
+            norm(input)
+        }
+
+        fn projection(x: Tensor<Self, 3>, weight: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>) -> Tensor<Self, 3> {
+            linear(x, weight, bias)
+        }
+
         fn selective_scan(input: ScanInput<Self>) -> ScanOutput<Self> {
             scan(input, false)
         }

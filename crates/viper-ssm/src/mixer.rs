@@ -7,9 +7,9 @@ use burn::nn::Linear;
 use burn::prelude::*;
 use viper_checkpoint::{Result, Weights};
 
-use crate::backend::{ConvInput, ScanInput, SsmBackend};
+use crate::backend::{linear, ConvInput, RmsNormInput, ScanInput, SsmBackend};
 use crate::config::{MambaConfig, MambaVariant};
-use crate::norm::{rms, RmsNorm};
+use crate::norm::RmsNorm;
 
 /// Recurrent state of one mixer: everything a decode step needs from the past.
 #[derive(Debug, Clone)]
@@ -166,7 +166,7 @@ impl<B: SsmBackend> MambaMixer<B> {
         let state = state.unwrap_or_else(|| self.zero_state(x.dims()[0]));
 
         // 1. in_proj, split into the x branch and the gate (first I channels are x).
-        let xz = self.in_proj.forward(x); // (b, l, 2I)
+        let xz = linear(&self.in_proj, x); // (b, l, 2I)
         let xs = xz.clone().narrow(2, 0, c.d_inner);
         let z = xz.narrow(2, c.d_inner, c.d_inner);
 
@@ -180,17 +180,22 @@ impl<B: SsmBackend> MambaMixer<B> {
         let (u, conv_state) = if single { B::causal_conv1d_update(conv) } else { B::causal_conv1d(conv) };
 
         // 3. x_proj → dt | B | C, normalised per variant.
-        let dbc = self.x_proj.forward(u.clone()); // (b, l, R + 2N)
-        let dt = dbc.clone().narrow(2, 0, c.dt_rank);
-        let bm = dbc.clone().narrow(2, c.dt_rank, c.d_state);
-        let cm = dbc.narrow(2, c.dt_rank + c.d_state, c.d_state);
-        let (dt, bm, cm) = match (&self.norms, c.variant) {
-            (Some(n), _) => (n.dt_layernorm.forward(dt), n.b_layernorm.forward(bm), n.c_layernorm.forward(cm)),
-            (None, MambaVariant::FalconMamba { rms_eps }) => (rms(dt, rms_eps), rms(bm, rms_eps), rms(cm, rms_eps)),
-            (None, _) => (dt, bm, cm),
+        let mut dbc = linear(&self.x_proj, u.clone()); // (b, l, R + 2N)
+        let (r, n) = (c.dt_rank, c.d_state);
+        if let (None, MambaVariant::FalconMamba { rms_eps }) = (&self.norms, c.variant) {
+            // FalconMamba's weightless norms of dt, B and C: one launch over the three segments.
+            let dtype = dbc.dtype();
+            dbc = B::rms_norm(RmsNormInput { x: dbc, weight: None, eps: rms_eps, dtype, segments: [r, r + n] });
+        }
+        let dt = dbc.clone().narrow(2, 0, r);
+        let bm = dbc.clone().narrow(2, r, n);
+        let cm = dbc.narrow(2, r + n, n);
+        let (dt, bm, cm) = match &self.norms {
+            Some(nm) => (nm.dt_layernorm.forward(dt), nm.b_layernorm.forward(bm), nm.c_layernorm.forward(cm)),
+            None => (dt, bm, cm),
         };
         // The norms may promote to f32 (weight dtype ≠ activation dtype); dt_proj runs in the weight dtype.
-        let delta = self.dt_proj.forward(dt.cast(self.dt_proj.weight.val().dtype())); // (b, l, I)
+        let delta = linear(&self.dt_proj, dt.cast(self.dt_proj.weight.val().dtype())); // (b, l, I)
 
         // 4. selective scan with D skip and SiLU(z) gating.
         let scan = ScanInput {
@@ -205,6 +210,6 @@ impl<B: SsmBackend> MambaMixer<B> {
             state: state.ssm,
         };
         let out = if single { B::selective_state_update(scan) } else { B::selective_scan(scan) };
-        (self.out_proj.forward(out.y), MambaState { conv: conv_state, ssm: out.state })
+        (linear(&self.out_proj, out.y), MambaState { conv: conv_state, ssm: out.state })
     }
 }

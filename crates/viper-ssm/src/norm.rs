@@ -3,8 +3,10 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::FloatDType;
+use burn::tensor::{DType, FloatDType};
 use viper_checkpoint::{Result, Weights};
+
+use crate::backend::{RmsNormInput, SsmBackend};
 
 /// `x * rsqrt(mean(x², last) + eps)` computed in f32 and returned in `x`'s dtype (no weight).
 pub fn rms<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
@@ -29,15 +31,28 @@ impl<B: Backend> RmsNorm<B> {
     pub fn load(w: &Weights, d: usize, eps: f64, device: &B::Device) -> Result<Self> {
         Ok(Self { weight: Param::from_tensor(w.tensor("weight", [d], device)?), eps })
     }
+}
 
+impl<B: SsmBackend> RmsNorm<B> {
     /// `weight * rms(x)`; the product is in the wider of the two dtypes, as PyTorch promotes.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let normed = rms(x, self.eps);
-        let weight = self.weight.val().unsqueeze::<D>();
-        if normed.dtype() == weight.dtype() {
-            normed * weight
-        } else {
-            normed.cast(FloatDType::F32) * weight.cast(FloatDType::F32)
-        }
+        let dtype = x.dtype();
+        self.forward_as(x, dtype)
+    }
+
+    /// [`forward`](Self::forward) of `x.cast(dtype)`, without materialising the cast (the model
+    /// normalises its f32 residual stream in the weight dtype). One [`SsmBackend::rms_norm`] launch.
+    pub fn forward_as<const D: usize>(&self, x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+        let dims = x.dims();
+        let d = dims[D - 1];
+        let rows: usize = dims[..D - 1].iter().product();
+        let input = RmsNormInput {
+            x: x.reshape([1, rows, d]),
+            weight: Some(self.weight.val()),
+            eps: self.eps,
+            dtype,
+            segments: [d, d],
+        };
+        B::rms_norm(input).reshape(dims)
     }
 }

@@ -8,7 +8,8 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 use burn::tensor::{DType, FloatDType};
 
-use crate::backend::{ConvInput, ScanInput, ScanOutput};
+use crate::backend::{ConvInput, RmsNormInput, ScanInput, ScanOutput};
+use crate::norm::rms;
 
 /// Time steps whose discretised A and B·u are materialised at once (bounds memory to
 /// `b · SCAN_CHUNK · i · n` floats while keeping the per-step loop to two element-wise ops).
@@ -86,4 +87,27 @@ pub fn causal_conv1d<B: Backend>(x: ConvInput<B>) -> (Tensor<B, 3>, Tensor<B, 3>
         acc = acc + full.clone().narrow(1, 1 + j, l) * w;
     }
     (silu(acc).cast(dtype), new_window)
+}
+
+/// RMS norm (spec §6.2, §6.3 step 4): `x` rounded to `dtype`, each segment normalised in f32 by
+/// [`rms`] and rounded back, then the weight multiplies in the wider of the two dtypes.
+pub fn rms_norm<B: Backend>(x: RmsNormInput<B>) -> Tensor<B, 3> {
+    let d = x.x.dims()[2];
+    let v = if x.x.dtype() == x.dtype { x.x } else { x.x.cast(FloatDType::from(x.dtype)) };
+    let [s1, s2] = x.segments;
+    let normed = if s1 >= d {
+        rms(v, x.eps)
+    } else {
+        let parts: Vec<Tensor<B, 3>> = [(0, s1), (s1, s2), (s2, d)]
+            .into_iter()
+            .filter(|&(a, b)| b > a)
+            .map(|(a, b)| rms(v.clone().narrow(2, a, b - a), x.eps))
+            .collect();
+        Tensor::cat(parts, 2)
+    };
+    match x.weight {
+        None => normed,
+        Some(w) if w.dtype() == normed.dtype() => normed * w.unsqueeze::<3>(),
+        Some(w) => normed.cast(FloatDType::F32) * w.cast(FloatDType::F32).unsqueeze::<3>(),
+    }
 }

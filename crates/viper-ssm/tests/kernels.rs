@@ -2,7 +2,7 @@
 //!
 //! Built only with `--features wgpu` (CI: lavapipe) or `--features cuda` (GPU machine); with both, CUDA
 //! is tested. Inputs are fresh random draws each run (the seed is printed), with odd sizes, non-zero
-//! initial states, batch > 1, L = 1, L not a multiple of the chunk, and views (`narrow`) as inputs the
+//! initial states, batch > 1, L = 1, L not a multiple of the block scan's tile, and views (`narrow`) as inputs the
 //! way the mixer passes them. f32: relative L2 error < 1e-5. bf16/f16: error within twice the
 //! reference's own rounding spread (the f32 reference rounded to the storage dtype).
 //!
@@ -78,6 +78,13 @@ fn check(what: &str, got: &[f32], want: &[f32], dtype: DType) {
     };
     eprintln!("  {what} ({dtype:?}): rel err {err:.3e} (bound {tol:.3e})");
     assert!(err < tol, "{what} ({dtype:?}): rel err {err:.3e} ≥ {tol:.3e}");
+}
+
+/// Checks `got` against `want` with an explicit relative-L2 bound.
+fn check_bound(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    let err = rel_err(got, want);
+    eprintln!("  {what}: rel err {err:.3e} (bound {tol:.3e})");
+    assert!(err < tol, "{what}: rel err {err:.3e} ≥ {tol:.3e}");
 }
 
 struct ScanCase {
@@ -192,11 +199,14 @@ fn conv_case(b: usize, l: usize, i: usize, k: usize, bias: bool, dtype: DType) {
 
 #[test]
 fn scan_f32() {
-    // Chunked: 2 chunks of 35 (L = 70 is no multiple of the minimum chunk 32), batch 2, odd width.
+    // Block scan: 2 tiles of 64 (L = 70 is no multiple of the tile), batch 2, odd width (a partial
+    // cube of 32 lanes).
     scan_case(ScanCase { b: 2, l: 70, i: 37, n: 16 }, DType::F32, DType::F32, false);
-    // Many chunks (9 of 34, the last 28).
+    // Block scan over 5 tiles, the last one partial.
     scan_case(ScanCase { b: 1, l: 300, i: 64, n: 16 }, DType::F32, DType::F32, false);
-    // Unchunked short sequence with an odd state size.
+    // Block scan with an odd state size (padded to a group of 4) in one partial tile.
+    scan_case(ScanCase { b: 2, l: 23, i: 37, n: 5 }, DType::F32, DType::F32, false);
+    // Sequential kernel: a short sequence with an odd state size.
     scan_case(ScanCase { b: 3, l: 5, i: 19, n: 7 }, DType::F32, DType::F32, false);
     // L = 1 through the sequence entry and the decode entry.
     scan_case(ScanCase { b: 3, l: 1, i: 37, n: 16 }, DType::F32, DType::F32, false);
@@ -206,6 +216,8 @@ fn scan_f32() {
 #[test]
 fn conv_f32() {
     conv_case(2, 9, 37, 4, true, DType::F32);
+    // Several runs of 16 positions per thread, the last one partial.
+    conv_case(1, 40, 37, 4, true, DType::F32);
     // L < K: the new window mixes old window and new inputs.
     conv_case(2, 2, 37, 4, false, DType::F32);
     // Decode update.
@@ -233,4 +245,125 @@ fn scan_f16() {
     }
     scan_case(ScanCase { b: 2, l: 70, i: 37, n: 16 }, DType::F16, DType::F32, false);
     scan_case(ScanCase { b: 2, l: 1, i: 37, n: 16 }, DType::F16, DType::F16, true);
+}
+
+/// Runs one RMS-norm case through the kernel backend and the reference. `x` is stored in `x_dtype`,
+/// rounded to `dtype` first; the weight (if any) is stored in `w_dtype`.
+fn norm_case(shape: [usize; 3], segments: [usize; 2], x_dtype: DType, dtype: DType, w_dtype: Option<DType>) {
+    let mut rng = rng(&format!("rms_norm {shape:?} {segments:?} {x_dtype:?}→{dtype:?} weight {w_dtype:?}"));
+    let [b, l, d] = shape;
+    let x = round(&draw(&mut rng, b * l * d, -3.0, 3.0), x_dtype);
+    let w = w_dtype.map(|wd| round(&draw(&mut rng, d, 0.5, 1.5), wd));
+    fn input<B: Backend>(
+        x: &[f32],
+        w: Option<&[f32]>,
+        shape: [usize; 3],
+        (x_dtype, dtype, w_dtype, segments): (DType, DType, Option<DType>, [usize; 2]),
+        dev: &B::Device,
+    ) -> viper_ssm::RmsNormInput<B> {
+        viper_ssm::RmsNormInput {
+            x: tensor::<B, 3>(x, shape, x_dtype, dev),
+            weight: w.map(|w| tensor(w, [shape[2]], w_dtype.unwrap(), dev)),
+            eps: 1e-5,
+            dtype,
+            segments,
+        }
+    }
+    let args = (x_dtype, dtype, w_dtype, segments);
+    let got = K::rms_norm(input::<K>(&x, w.as_deref(), shape, args, &Default::default()));
+    // The tensor-op reference on the same backend: the same storage roundings, op by op.
+    let want = viper_ssm::reference::rms_norm(input::<K>(&x, w.as_deref(), shape, args, &Default::default()));
+    let out_dtype = match w_dtype {
+        Some(wd) if wd != dtype => DType::F32,
+        _ => dtype,
+    };
+    assert_eq!(got.dtype(), out_dtype);
+    assert_eq!(want.dtype(), out_dtype);
+    // Both sides round to `dtype` at the same points; only the sum of squares' order differs, which
+    // can flip a rounding of the normalised value by one unit in the last place of `dtype` (2⁻⁸ of the
+    // value for bf16, 2⁻¹¹ for f16) on a few elements. The bound is one such unit over all elements.
+    let tol = match dtype {
+        DType::BF16 => 2f64.powi(-8),
+        DType::F16 => 2f64.powi(-11),
+        _ => F32_TOL,
+    };
+    check_bound("rms_norm", &host(got), &host(want), tol);
+}
+
+#[test]
+fn rms_norm_f32() {
+    // One segment with a weight, a row wider than the cube (strided columns) and an odd width.
+    norm_case([2, 3, 301], [301, 301], DType::F32, DType::F32, Some(DType::F32));
+    // FalconMamba's dt | B | C: three segments, no weight.
+    norm_case([2, 5, 29], [13, 21], DType::F32, DType::F32, None);
+}
+
+/// bf16 model: the f32 residual stream normalised in bf16 with a bf16 weight, and with an f32 weight
+/// (f32 output); the weightless segments in bf16.
+#[cfg(feature = "cuda")]
+#[test]
+fn rms_norm_bf16() {
+    norm_case([1, 4, 4096], [4096, 4096], DType::F32, DType::BF16, Some(DType::BF16));
+    norm_case([2, 3, 301], [301, 301], DType::BF16, DType::BF16, Some(DType::F32));
+    norm_case([2, 5, 288], [256, 272], DType::BF16, DType::BF16, None);
+}
+
+/// One Linear through `SsmBackend::projection` against NdArray's matmul in f32. `transposed` builds the
+/// weight the way the loader does (a transposed view of `[d_out, d_in]`), which the GEMV kernel takes;
+/// otherwise the backend falls back to Burn's product.
+fn linear_case(b: usize, l: usize, k: usize, n: usize, bias: bool, transposed: bool, dtype: DType) {
+    let mut rng = rng(&format!("linear b={b} l={l} k={k} n={n} bias={bias} transposed={transposed} {dtype:?}"));
+    let x = round(&draw(&mut rng, b * l * k, -1.0, 1.0), dtype);
+    let w = round(&draw(&mut rng, k * n, -0.5, 0.5), dtype); // [n, k] when transposed, else [k, n]
+    let bv = round(&draw(&mut rng, n, -1.0, 1.0), dtype);
+    fn run<B: SsmBackend>(
+        (x, w, bv): (&[f32], &[f32], &[f32]),
+        (b, l, k, n, bias, transposed): (usize, usize, usize, usize, bool, bool),
+        dtype: DType,
+    ) -> Tensor<B, 3> {
+        let dev = Default::default();
+        let weight = if transposed {
+            tensor::<B, 2>(w, [n, k], dtype, &dev).transpose()
+        } else {
+            tensor::<B, 2>(w, [k, n], dtype, &dev)
+        };
+        let bias = bias.then(|| tensor::<B, 1>(bv, [n], dtype, &dev));
+        B::projection(tensor::<B, 3>(x, [b, l, k], dtype, &dev), weight, bias)
+    }
+    let shape = (b, l, k, n, bias, transposed);
+    let got = run::<K>((&x, &w, &bv), shape, dtype);
+    assert_eq!(got.dims(), [b, l, n]);
+    if transposed && b * l <= 8 {
+        let want = run::<R>((&x, &w, &bv), shape, DType::F32);
+        check("linear", &host(got), &host(want), dtype);
+    } else {
+        // The fallback is Burn's own product on the same backend (on CUDA its f32 matmul may use TF32).
+        let dev = Default::default();
+        let weight = tensor::<K, 2>(&w, [k, n], dtype, &dev);
+        let weight = if transposed { tensor::<K, 2>(&w, [n, k], dtype, &dev).transpose() } else { weight };
+        let bias = bias.then(|| tensor::<K, 1>(&bv, [n], dtype, &dev));
+        let want = burn::tensor::module::linear(tensor::<K, 3>(&x, [b, l, k], dtype, &dev), weight, bias);
+        assert_eq!(host(got), host(want), "fallback differs from Burn's linear");
+    }
+}
+
+#[test]
+fn linear_f32() {
+    // GEMV: one token, an odd width and a partial tile of 8 output columns, with a bias.
+    linear_case(1, 1, 300, 37, true, true, DType::F32);
+    // GEMV with several rows (batch 2 × 2 positions), no bias; few long columns (split over 8 warps).
+    linear_case(2, 2, 1030, 21, false, true, DType::F32);
+    // Many columns (one warp each) and split over 2 and 4 warps.
+    linear_case(1, 1, 200, 8200, false, true, DType::F32);
+    linear_case(1, 1, 520, 2100, true, true, DType::F32);
+    // Fallbacks to Burn's product: a contiguous [d_in, d_out] weight; more than 8 rows.
+    linear_case(1, 1, 64, 16, true, false, DType::F32);
+    linear_case(3, 5, 64, 16, false, true, DType::F32);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn linear_bf16() {
+    linear_case(1, 1, 4096, 300, false, true, DType::BF16);
+    linear_case(4, 1, 256, 520, true, true, DType::BF16);
 }

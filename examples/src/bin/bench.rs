@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release -p viper-examples --features cuda,fusion,autotune --bin bench
-//! bench [--out BENCHMARKS.md] [--layers 64] [--quick]
+//! bench [--out BENCHMARKS.md] [--layers 64] [--quick] [--kernels-only] [--decode-only] [--steps N]
 //! ```
 //!
 //! Prints a markdown report and writes it to `--out`:
@@ -154,9 +154,10 @@ fn kernel_table<B: SsmBackend>(dev: &B::Device, copy_bw: f64, quick: bool, repor
     }
 }
 
+/// A Linear laid out as the loader builds it: PyTorch's `[d_out, d_in]` buffer, used transposed.
 fn linear<B: Backend>(d_in: usize, d_out: usize, dev: &B::Device) -> Linear<B> {
     let s = 1.0 / (d_in as f64).sqrt();
-    Linear { weight: Param::from_tensor(rand([d_in, d_out], -s, s, DType::BF16, dev)), bias: None }
+    Linear { weight: Param::from_tensor(rand([d_out, d_in], -s, s, DType::BF16, dev).transpose()), bias: None }
 }
 
 fn norm<B: Backend>(d: usize, eps: f64, dev: &B::Device) -> RmsNorm<B> {
@@ -201,13 +202,28 @@ fn model<B: SsmBackend>(layers: usize, dev: &B::Device) -> FalconMambaForCausalL
     }
 }
 
-/// Prefill tokens/s at each L and decode tokens/s at batch 1.
-fn model_bench<B: SsmBackend>(name: &str, layers: usize, quick: bool, dev: &B::Device, report: &mut String) {
+/// Prefill tokens/s at each L and decode tokens/s at batch 1. `decode_steps` of 0 picks the default;
+/// `prefill` false skips the prefill rows (profiling runs).
+fn model_bench<B: SsmBackend>(
+    name: &str,
+    layers: usize,
+    quick: bool,
+    prefill: bool,
+    decode_steps: usize,
+    dev: &B::Device,
+    report: &mut String,
+) {
     let t = Instant::now();
     let m = model::<B>(layers, dev);
     sync::<B>(dev);
     println!("[{name}] model built in {:.1} s", t.elapsed().as_secs_f64());
-    let prefill_lengths: &[usize] = if quick { &[512] } else { &[2048, 8192] };
+    let prefill_lengths: &[usize] = if !prefill {
+        &[]
+    } else if quick {
+        &[512]
+    } else {
+        &[2048, 8192]
+    };
     for &l in prefill_lengths {
         let ids = Tensor::<B, 2, Int>::from_data(
             TensorData::new((0..l as i64).map(|i| i % 60000).collect::<Vec<_>>(), [1, l]),
@@ -224,9 +240,18 @@ fn model_bench<B: SsmBackend>(name: &str, layers: usize, quick: bool, dev: &B::D
         writeln!(report, "{line}").unwrap();
     }
     // Decode: 32-token prompt, then greedy steps, each reading the next id back.
-    let steps = if quick { 16 } else { 64 };
+    let steps = if decode_steps > 0 {
+        decode_steps
+    } else if quick {
+        16
+    } else {
+        64
+    };
     let prompt = Tensor::<B, 2, Int>::from_data(TensorData::new((1..=32i64).collect::<Vec<_>>(), [1, 32]), dev);
-    let decode = |steps: usize| -> f64 {
+    // Returns (seconds for `steps` tokens, seconds the host spent queueing them). With `read_back`
+    // each id comes to the host before the next step (what generation does); without, the ids stay
+    // on the device and the queueing time shows how much of a step is host work.
+    let decode = |steps: usize, read_back: bool| -> (f64, f64) {
         let mut cache: FalconMambaCache<B> = m.new_cache(1);
         let logits = m.forward(m.embed(prompt.clone()), &mut cache, Logits::Last);
         let mut next = logits.argmax(2).reshape([1, 1]);
@@ -235,16 +260,29 @@ fn model_bench<B: SsmBackend>(name: &str, layers: usize, quick: bool, dev: &B::D
         for _ in 0..steps {
             let logits = m.forward(m.embed(next), &mut cache, Logits::Last);
             next = logits.argmax(2).reshape([1, 1]);
-            let _ = next.clone().into_data(); // the host needs the id (stop checks, detokenising)
+            if read_back {
+                let _ = next.clone().into_data(); // the host needs the id (stop checks, detokenising)
+            }
         }
-        t.elapsed().as_secs_f64()
+        let queued = t.elapsed().as_secs_f64();
+        sync::<B>(dev);
+        (t.elapsed().as_secs_f64(), queued)
     };
-    decode(4); // compile / tune the decode path
-    let s = decode(steps);
+    decode(4, true); // compile / tune the decode path
+    let (s, _) = decode(steps, true);
     let line = format!(
         "| {name} | decode, batch 1 ({steps} steps) | {:.1} tokens/s | {:.2} ms/token |",
         steps as f64 / s,
         s * 1e3 / steps as f64
+    );
+    println!("{line}");
+    writeln!(report, "{line}").unwrap();
+    let (s, queued) = decode(steps, false);
+    let line = format!(
+        "| {name} | decode, ids kept on device: host queueing / total | {:.2} / {:.2} ms/token | {:.1} tokens/s |",
+        queued * 1e3 / steps as f64,
+        s * 1e3 / steps as f64,
+        steps as f64 / s
     );
     println!("{line}");
     writeln!(report, "{line}").unwrap();
@@ -267,11 +305,19 @@ fn main() {
     let layers: usize = arg("--layers").and_then(|v| v.parse().ok()).unwrap_or(64);
     let quick = args.iter().any(|a| a == "--quick");
     let only_kernels = args.iter().any(|a| a == "--kernels-only");
+    // Profiling mode: the plain backend's decode only (no copy, kernels or prefill rows).
+    let decode_only = args.iter().any(|a| a == "--decode-only");
+    let steps: usize = arg("--steps").and_then(|v| v.parse().ok()).unwrap_or(0);
 
     let dev = Default::default();
     let mut report = String::new();
     let gpu = gpu_name();
     writeln!(report, "Card: {gpu}\n").unwrap();
+    if decode_only {
+        model_bench::<Plain>("CubeBackend", layers, quick, false, steps, &dev, &mut report);
+        std::fs::write(&out, &report).expect("write report");
+        return;
+    }
 
     let copy_bw = copy_bandwidth::<Plain>(&dev);
     let line =
@@ -289,9 +335,9 @@ fn main() {
         .unwrap();
         writeln!(report, "| backend | measurement | result | time |").unwrap();
         writeln!(report, "|---|---|---:|---:|").unwrap();
-        model_bench::<Plain>("CubeBackend", layers, quick, &dev, &mut report);
+        model_bench::<Plain>("CubeBackend", layers, quick, true, steps, &dev, &mut report);
         Plain::memory_cleanup(&dev);
-        model_bench::<Default_>("Cuda (Burn default)", layers, quick, &dev, &mut report);
+        model_bench::<Default_>("Cuda (Burn default)", layers, quick, true, steps, &dev, &mut report);
     }
     std::fs::write(&out, &report).expect("write report");
     println!("\n{report}");

@@ -1,49 +1,56 @@
 //! Hand-written CubeCL kernels behind [`SsmBackend`](crate::SsmBackend) on the CubeCL backends (CUDA,
-//! wgpu): the chunked selective scan ([`scan`]) and the causal depthwise conv ([`conv`]). This module
-//! is the host side: it picks the launch shape, allocates outputs and launches.
+//! wgpu): the selective scan ([`scan`]: a block scan for prefill, a sequential one for the decode
+//! step) and the causal depthwise conv ([`conv`]). This module is the host side: it picks the kernel
+//! and launch shape, allocates outputs and launches.
 
 pub mod conv;
+pub mod gemv;
+pub mod norm;
 pub mod scan;
 
 use std::sync::OnceLock;
 
-use burn::tensor::{DType, Shape, TensorMetadata};
+use burn::tensor::{DType, TensorMetadata};
 use burn_cubecl::{ops::numeric::empty_device_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
 
-/// Channels handled by one cube of the scan (threads of a cube are consecutive channels). 128 keeps a
-/// cube's `u`/Δ/`z` row reads at 256 B (bf16) to 512 B (f32) and leaves room for several cubes per SM.
+/// Channels handled by one cube of [`scan::scan_sequential`] (threads of a cube are consecutive
+/// channels): 128 keeps a cube's `u`/Δ/`z` row reads at 256 B (bf16) to 512 B (f32).
 pub const SCAN_CHANNELS_PER_CUBE: u32 = 128;
 
-/// Threads the chunked scan aims to launch: an H100 keeps 132 SMs × 2048 = 270k threads resident;
-/// four times that leaves no SM idle at the tail while the per-chunk scratch stays small.
-pub const SCAN_TARGET_THREADS: usize = 1 << 20;
+/// Longest sequence run by [`scan::scan_sequential`]; longer ones go to [`scan::scan_block`], whose
+/// tile (`warps · items` steps) would be mostly padding below this.
+pub const SCAN_SEQUENTIAL_MAX_LEN: usize = 16;
 
-/// Shortest chunk worth splitting off: below it, pass 1 + the combine cost more than the parallelism
-/// gains (each chunk adds an `N`-float scratch write and read per channel).
-pub const SCAN_MIN_CHUNK: usize = 32;
+/// Rows (time segments) of a [`scan::scan_block`] cube: 8 × 32 lanes = 256 threads. With falcon-mamba's
+/// d_inner 8192 at batch 1 that is 256 cubes, ~2 per H100 SM (16 warps each), and the per-group fold
+/// over the rows before a thread costs on average 3.5 shared-memory pairs per 32 (step, state) elements.
+pub const SCAN_BLOCK_WARPS: usize = 8;
 
-/// Threads per cube of the element-wise launches (conv, combine).
+/// Steps per thread per tile of [`scan::scan_block`]: 8 keeps `q` (8 × 4 floats) and the per-step
+/// Δ, Δu, y and z (4 × 8) in registers while amortising a group's barrier and fold over 32 elements.
+pub const SCAN_BLOCK_ITEMS: usize = 8;
+
+/// Threads per cube of the element-wise launches (conv).
 const ELEMWISE_CUBE: u32 = 256;
 
 /// Cubes along grid y at most (CUDA's limit); the conv strides longer sequences over it.
 const MAX_GRID_Y: u32 = 65_535;
 
-/// Chunk length forced by `VIPER_SCAN_CHUNK` (for benchmarking), read once.
-fn chunk_override() -> Option<usize> {
-    static OVERRIDE: OnceLock<Option<usize>> = OnceLock::new();
-    *OVERRIDE.get_or_init(|| std::env::var("VIPER_SCAN_CHUNK").ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0))
-}
-
-/// Chunk length of the scan over `len` steps for `lanes = batch · d_inner` independent channels: as
-/// many chunks as fill [`SCAN_TARGET_THREADS`], none shorter than [`SCAN_MIN_CHUNK`].
-pub fn scan_chunk_len(len: usize, lanes: usize) -> usize {
-    if let Some(c) = chunk_override() {
-        return c.min(len.max(1));
-    }
-    let want = (SCAN_TARGET_THREADS / lanes.max(1)).max(1);
-    let most = (len / SCAN_MIN_CHUNK).max(1);
-    len.max(1).div_ceil(want.min(most))
+/// `(warps, items)` of the block scan, overridable as `VIPER_SCAN_BLOCK=<warps>x<items>` for
+/// benchmark sweeps; read once.
+pub fn scan_block_shape() -> (usize, usize) {
+    static SHAPE: OnceLock<(usize, usize)> = OnceLock::new();
+    *SHAPE.get_or_init(|| {
+        std::env::var("VIPER_SCAN_BLOCK")
+            .ok()
+            .and_then(|v| {
+                let (w, i) = v.split_once('x')?;
+                Some((w.parse().ok()?, i.parse().ok()?))
+            })
+            .filter(|&(w, i): &(usize, usize)| (1..=32).contains(&w) && (1..=32).contains(&i))
+            .unwrap_or((SCAN_BLOCK_WARPS, SCAN_BLOCK_ITEMS))
+    })
 }
 
 /// The scan's inputs as CubeCL tensors (see [`ScanInput`](crate::ScanInput) for shapes). `delta` and
@@ -79,83 +86,58 @@ pub fn selective_scan<R: CubeRuntime>(x: ScanTensors<R>) -> (CubeTensor<R>, Cube
     let out = empty_device_dtype(client.clone(), device.clone(), x.u.shape(), x.u.dtype);
     let state_out = empty_device_dtype(client.clone(), device.clone(), x.state.shape(), x.state.dtype);
 
-    let chunk_len = scan_chunk_len(len, bsz * di);
-    let n_chunks = len.div_ceil(chunk_len);
-    let chunked = n_chunks > 1;
-    let cube_dim = CubeDim::new_1d(SCAN_CHANNELS_PER_CUBE);
-    let cube_count = CubeCount::Static((di as u32).div_ceil(SCAN_CHANNELS_PER_CUBE), n_chunks as u32, bsz as u32);
     let (tf, tp, tw, ts) = (st(x.u.dtype), st(x.b.dtype), st(x.a_log.dtype), st(x.state.dtype));
-
-    let h_start = if chunked {
-        let h_loc =
-            empty_device_dtype(client.clone(), device.clone(), Shape::new([bsz, n_chunks, n_state, di]), DType::F32);
-        let dt_sum = empty_device_dtype(client.clone(), device.clone(), Shape::new([bsz, n_chunks, di]), DType::F32);
-        // SAFETY: the kernel guards every index it forms by the shapes it reads (channel bound, chunk and
-        // sequence ends), so the unchecked launch reads and writes only inside its tensors.
+    if len <= SCAN_SEQUENTIAL_MAX_LEN {
+        // SAFETY: the kernel returns before any access for channels past the last, and every other
+        // index it forms is inside the shapes it reads (steps < L, states < N, batch < grid).
         unsafe {
-            scan::scan_chunk_state::launch_unchecked(
+            scan::scan_sequential::launch_unchecked(
                 &client,
-                cube_count.clone(),
-                cube_dim,
-                x.u.clone().into_tensor_arg(),
-                x.delta.clone().into_tensor_arg(),
-                x.delta_bias.clone().into_tensor_arg(),
-                x.a_log.clone().into_tensor_arg(),
-                x.b.clone().into_tensor_arg(),
-                h_loc.clone().into_tensor_arg(),
-                dt_sum.clone().into_tensor_arg(),
-                chunk_len,
+                CubeCount::Static((di as u32).div_ceil(SCAN_CHANNELS_PER_CUBE), bsz as u32, 1),
+                CubeDim::new_1d(SCAN_CHANNELS_PER_CUBE),
+                x.u.into_tensor_arg(),
+                x.delta.into_tensor_arg(),
+                x.delta_bias.into_tensor_arg(),
+                x.a_log.into_tensor_arg(),
+                x.b.into_tensor_arg(),
+                x.c.into_tensor_arg(),
+                x.d.into_tensor_arg(),
+                x.z.into_tensor_arg(),
+                x.state.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                state_out.clone().into_tensor_arg(),
                 n_state,
-                [tf, tp, tw],
+                [tf, tp, tw, ts],
             )
         };
-        let lanes = bsz * n_state * di;
-        // SAFETY: the kernel guards every index it forms by the shapes it reads (channel bound, chunk and
-        // sequence ends), so the unchecked launch reads and writes only inside its tensors.
-        unsafe {
-            scan::scan_chunk_combine::launch_unchecked(
-                &client,
-                elemwise_count(lanes),
-                CubeDim::new_1d(ELEMWISE_CUBE),
-                x.a_log.clone().into_tensor_arg(),
-                x.state.clone().into_tensor_arg(),
-                h_loc.clone().into_tensor_arg(),
-                dt_sum.into_tensor_arg(),
-                n_state,
-                [tw, ts],
-            )
-        };
-        h_loc
     } else {
-        // Not read when unchunked; any f32 tensor will do as the argument.
-        empty_device_dtype(client.clone(), device.clone(), Shape::new([1, 1, 1, 1]), DType::F32)
-    };
-
-    // SAFETY: the kernel guards every index it forms by the shapes it reads (channel bound, chunk and
-    // sequence ends), so the unchecked launch reads and writes only inside its tensors.
-    unsafe {
-        scan::scan_chunk_output::launch_unchecked(
-            &client,
-            cube_count,
-            cube_dim,
-            x.u.into_tensor_arg(),
-            x.delta.into_tensor_arg(),
-            x.delta_bias.into_tensor_arg(),
-            x.a_log.into_tensor_arg(),
-            x.b.into_tensor_arg(),
-            x.c.into_tensor_arg(),
-            x.d.into_tensor_arg(),
-            x.z.into_tensor_arg(),
-            x.state.into_tensor_arg(),
-            h_start.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
-            state_out.clone().into_tensor_arg(),
-            chunk_len,
-            n_state,
-            chunked,
-            [tf, tp, tw, ts],
-        )
-    };
+        let (warps, items) = scan_block_shape();
+        // SAFETY: channels past the last are clamped to I − 1 for loads and store nothing; steps are
+        // clamped to L − 1 for loads and stored only below L; states ≥ N are never read or written;
+        // shared-memory indices stay below the sizes the kernel declares from the same comptime values.
+        unsafe {
+            scan::scan_block::launch_unchecked(
+                &client,
+                CubeCount::Static((di as u32).div_ceil(scan::BLOCK_LANES), bsz as u32, 1),
+                CubeDim::new_2d(scan::BLOCK_LANES, warps as u32),
+                x.u.into_tensor_arg(),
+                x.delta.into_tensor_arg(),
+                x.delta_bias.into_tensor_arg(),
+                x.a_log.into_tensor_arg(),
+                x.b.into_tensor_arg(),
+                x.c.into_tensor_arg(),
+                x.d.into_tensor_arg(),
+                x.z.into_tensor_arg(),
+                x.state.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                state_out.clone().into_tensor_arg(),
+                n_state,
+                warps,
+                items,
+                [tf, tp, tw, ts],
+            )
+        };
+    }
     (out, state_out)
 }
 
@@ -178,13 +160,13 @@ pub fn causal_conv1d<R: CubeRuntime>(
     let has_bias = bias.is_some();
     let (tf, tw) = (st(x.dtype), st(weight.dtype));
     let bias = bias.unwrap_or_else(|| weight.clone());
-    let positions = (len.max(k) as u32).min(MAX_GRID_Y);
+    let runs = (len.div_ceil(conv::CONV_RUN) as u32).clamp(1, MAX_GRID_Y);
     // SAFETY: the kernel guards every index it forms by the shapes it reads (channel bound, chunk and
     // sequence ends), so the unchecked launch reads and writes only inside its tensors.
     unsafe {
         conv::causal_conv1d_kernel::launch_unchecked(
             &client,
-            CubeCount::Static((di as u32).div_ceil(ELEMWISE_CUBE), positions, bsz as u32),
+            CubeCount::Static((di as u32).div_ceil(ELEMWISE_CUBE), runs, bsz as u32),
             CubeDim::new_1d(ELEMWISE_CUBE),
             x.into_tensor_arg(),
             window.into_tensor_arg(),
@@ -200,14 +182,97 @@ pub fn causal_conv1d<R: CubeRuntime>(
     (out, window_out)
 }
 
+/// RMS norm of each row of `x` (`[b, l, d]`, any strides) in up to three segments (bounds
+/// `segments`); see [`norm`]. `round` is the dtype `x` is rounded to first and the output dtype,
+/// except that a weight of another dtype makes the output f32.
+pub fn rms_norm<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    weight: Option<CubeTensor<R>>,
+    eps: f64,
+    round: DType,
+    segments: [usize; 2],
+) -> CubeTensor<R> {
+    let [bsz, len, d] = dims3(&x);
+    let out_dtype = match &weight {
+        Some(w) if w.dtype != round => DType::F32,
+        _ => round,
+    };
+    let client = x.client.clone();
+    let out = empty_device_dtype(client.clone(), x.device.clone(), x.shape(), out_dtype);
+    let has_weight = weight.is_some();
+    let (tx, tw) = (st(x.dtype), weight.as_ref().map_or(st(round), |w| st(w.dtype)));
+    // Not read without a weight; any tensor will do as the argument.
+    let weight = weight.unwrap_or_else(|| x.clone());
+    let [s1, s2] = [segments[0].min(d), segments[1].clamp(segments[0].min(d), d)];
+    // SAFETY: one cube per (position, batch) row, inside the grid; columns stay below d, the weight
+    // is read only when present (length d).
+    unsafe {
+        norm::rms_norm_kernel::launch_unchecked(
+            &client,
+            CubeCount::Static(len as u32, bsz as u32, 1),
+            CubeDim::new_1d(norm::NORM_CUBE),
+            x.into_tensor_arg(),
+            weight.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            s1,
+            s2,
+            eps as f32,
+            has_weight,
+            [tx, st(round), tw, st(out_dtype)],
+        )
+    };
+    out
+}
+
+/// Whether [`gemv`] applies: few input rows, a 2-D weight whose columns are contiguous over `d_in`
+/// (the loader's transposed view of a checkpoint's `[d_out, d_in]`), and one dtype for x and weight.
+pub fn gemv_applies<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>) -> bool {
+    let [b, l, _] = dims3(x);
+    let rows = b * l;
+    (1..=gemv::GEMV_MAX_ROWS).contains(&rows) && weight.meta.strides()[0] == 1 && x.dtype == weight.dtype
+}
+
+/// Warps per output column of [`gemv`]: enough columns × warps to keep ~8k warps streaming the weight
+/// (x_proj's 288 columns get 8, out_proj's 4096 get 2, in_proj's 16384 and lm_head 1).
+fn gemv_split(n: usize) -> usize {
+    const TARGET_WARPS: usize = 8192;
+    (TARGET_WARPS / n.max(1)).next_power_of_two().clamp(1, gemv::GEMV_THREAD_ROWS as usize)
+}
+
+/// `x · W (+ bias)` for `x` `[b, l, d_in]` with `b · l ≤` [`gemv::GEMV_MAX_ROWS`]; see [`gemv`].
+/// Check [`gemv_applies`] first.
+pub fn gemv<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, bias: Option<CubeTensor<R>>) -> CubeTensor<R> {
+    let [b, l, _] = dims3(&x);
+    let n = weight.shape()[1];
+    let client = x.client.clone();
+    let out = empty_device_dtype(client.clone(), x.device.clone(), burn::tensor::Shape::new([b, l, n]), x.dtype);
+    let has_bias = bias.is_some();
+    let (tf, tw) = (st(x.dtype), st(weight.dtype));
+    // Not read without a bias; any tensor of the weight dtype will do as the argument.
+    let bias = bias.unwrap_or_else(|| weight.clone());
+    let split = gemv_split(n);
+    let columns = gemv::GEMV_THREAD_ROWS / split as u32;
+    // SAFETY: columns past n are clamped for loads and store nothing; k stays below d_in; rows below
+    // b · l address x and out through their shapes; shared memory is sized from the same comptime values.
+    unsafe {
+        gemv::gemv_kernel::launch_unchecked(
+            &client,
+            CubeCount::Static((n as u32).div_ceil(columns), 1, 1),
+            CubeDim::new_2d(gemv::GEMV_LANES, gemv::GEMV_THREAD_ROWS),
+            x.into_tensor_arg(),
+            weight.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            b * l,
+            split,
+            has_bias,
+            [tf, tw],
+        )
+    };
+    out
+}
+
 fn dims3<R: CubeRuntime>(t: &CubeTensor<R>) -> [usize; 3] {
     let s = t.shape();
     [s[0], s[1], s[2]]
-}
-
-/// A 1-D launch of `lanes` threads in cubes of [`ELEMWISE_CUBE`], spread over x and y so that no
-/// dimension exceeds the 65535-cube limit of some APIs.
-fn elemwise_count(lanes: usize) -> CubeCount {
-    let cubes = lanes.div_ceil(ELEMWISE_CUBE as usize) as u32;
-    CubeCount::Static(cubes.min(65_535), cubes.div_ceil(65_535), 1)
 }

@@ -1,39 +1,50 @@
-//! Selective scan (spec §6.3 step 6–8, §6.4 step 4–5) as three CubeCL kernels, chunked over time.
+//! Selective scan (spec §6.3 step 6–8, §6.4 step 4–5) as two CubeCL kernels.
 //!
 //! ```text
 //! Δ_t[d]   = softplus(delta_t[d] + bias[d])                   (softplus(v) = v above 20)
 //! A[d,n]   = −exp(A_log[d,n])
-//! h_t[d,n] = exp(Δ_t[d]·A[d,n]) · h_{t−1}[d,n] + Δ_t[d]·u_t[d]·B_t[n]
+//! h_t[d,n] = a_t[d,n] · h_{t−1}[d,n] + b_t[d,n]   with  a_t = exp(Δ_t[d]·A[d,n]),  b_t = Δ_t[d]·u_t[d]·B_t[n]
 //! y_t[d]   = Σ_n h_t[d,n]·C_t[n] + D[d]·u_t[d]
 //! o_t[d]   = y_t[d] · silu(z_t[d])
 //! ```
 //!
-//! The recurrence is linear in `h`, so over a chunk of steps `t0..t1` it composes to
-//! `h_{t1} = exp(A·ΣΔ) ⊙ h_{t0} + h^loc_{t1}`, where `h^loc` is the chunk run from a zero state and the
-//! decay needs only the chunk's sum of Δ. That gives parallelism over time as well as over (batch,
-//! channel):
+//! The recurrence is an associative scan over the pairs (a, b): `(a₁, b₁) ∘ (a₂, b₂) = (a₁a₂, a₂b₁ + b₂)`.
 //!
-//! 1. [`scan_chunk_state`]: one thread per (batch, chunk, channel) runs its chunk from zero, keeping
-//!    its `N` states in registers, and writes `h^loc` (`[b, chunks, N, I]`) and `ΣΔ` (`[b, chunks, I]`).
-//! 2. [`scan_chunk_combine`]: one thread per (batch, state, channel) walks the chunks in order and
-//!    overwrites each `h^loc` with the true state at that chunk's start (the input state for chunk 0).
-//! 3. [`scan_chunk_output`]: one thread per (batch, chunk, channel) re-runs its chunk from the true start
-//!    state, contracts with C, adds the D skip, gates with silu(z), writes `o`; the last chunk writes the
-//!    final state.
+//! [`scan_block`] (prefill): one cube owns 32 consecutive channels (its lanes, `UNIT_POS_X`) of one
+//! sequence and walks the whole sequence in tiles of `warps · items` steps. Within a tile, row
+//! `UNIT_POS_Y = w` owns the `items` consecutive steps `t0 + w·items + i` of its lane's channel, so the
+//! cube is parallel over time as well as over channels. Per group of 4 states a thread
+//! 1. runs its steps from a zero state, keeping the partial output `Σ C·h^loc`, the running decay
+//!    product `P_t = Π a` and `q_t = C_t ⊙ P_t` (so the true state's share can be added later);
+//! 2. publishes its segment's aggregate `(P, h^loc)` in shared memory; after one barrier it folds the
+//!    aggregates of the rows before it onto the tile's carry-in state, which gives its own start
+//!    state `h_in`, and adds `q_t · h_in` to each output; the last row writes the tile's carry-out.
 //!
-//! With one chunk (short sequences, large batches, the decode step) only kernel 3 runs, straight from
-//! the input state: a decode step is one launch per layer.
+//! Every `exp` is computed once per (step, channel, state) and the state never leaves the chip: the
+//! kernel reads u, Δ, z, B, C once and writes o and the final state once. B and C of a tile are staged
+//! in shared memory as 4-wide vectors (one broadcast load serves a warp and 4 states).
 //!
-//! Threads of a cube are consecutive channels, so every load and store of `u`, Δ, `z`, `o` and of the
-//! `[…, I]` scratch is coalesced; B_t and C_t are the same for the whole cube (broadcast loads). Inputs
-//! are read through their strides (the mixer hands in `narrow`ed views of `in_proj`/`x_proj` outputs).
-//! All arithmetic is f32; storage dtypes are runtime-defined: `F` for u/Δ/z/o, `P` for B/C, `W` for the
+//! [`scan_sequential`] (decode step and very short sequences): one thread per (batch, channel) runs the
+//! steps in order from the input state with the `N` states in registers; a decode step is one launch.
+//!
+//! Loads of u, Δ, z and stores of o are coalesced (lanes are consecutive channels). Inputs are read
+//! through their strides (the mixer hands in `narrow`ed views of `in_proj`/`x_proj` outputs). All
+//! arithmetic is f32; storage dtypes are runtime-defined: `F` for u/Δ/z/o, `P` for B/C, `W` for the
 //! per-channel parameters (A_log, D, bias), `S` for the state.
 
 use cubecl::prelude::*;
 
 /// Softplus threshold of PyTorch and mamba-ssm: above it softplus(v) is v in f32.
 const SOFTPLUS_THRESHOLD: f32 = 20.0;
+
+/// States handled together by [`scan_block`]: one 16-byte shared-memory vector of B or C.
+pub const STATE_GROUP: usize = 4;
+
+/// Lanes of a [`scan_block`] cube: 32 consecutive channels (one warp on CUDA, 64–128 contiguous bytes
+/// of each u/Δ/z row).
+pub const BLOCK_LANES: u32 = 32;
+
+type V4 = Vector<f32, Const<4>>;
 
 #[cube]
 fn softplus_f32(v: f32) -> f32 {
@@ -42,123 +53,34 @@ fn softplus_f32(v: f32) -> f32 {
     select(v > SOFTPLUS_THRESHOLD, v, smooth)
 }
 
-/// `A[d, :] = −exp(A_log[d, :])` into registers.
+/// silu(z) = z · sigmoid(z); exp(−z) may reach +inf for very negative z, giving −0.
 #[cube]
-fn load_a<W: Float>(a_log: &Tensor<W>, d: usize, #[comptime] n_state: usize) -> Array<f32> {
-    let mut a = Array::<f32>::new(n_state);
+fn silu_f32(z: f32) -> f32 {
+    z / (1.0 + f32::exp(-z))
+}
+
+/// `A[d, :] = −exp(A_log[d, :])` into registers, zero for the padding states `n ≥ n_state`.
+#[cube]
+fn load_a<W: Float>(a_log: &Tensor<W>, d: usize, #[comptime] n_state: usize, #[comptime] padded: usize) -> Array<f32> {
+    let mut a = Array::<f32>::new(padded);
     #[unroll]
-    for n in 0..n_state {
-        a[n] = -f32::exp(f32::cast_from(a_log[d * a_log.stride(0) + n * a_log.stride(1)]));
+    for n in 0..padded {
+        if n < n_state {
+            a[n] = -f32::exp(f32::cast_from(a_log[d * a_log.stride(0) + n * a_log.stride(1)]));
+        } else {
+            a[n] = 0.0;
+        }
     }
     a
 }
 
-/// Pass 1: each thread runs its chunk of one channel from a zero state.
+/// Block scan over the whole sequence: see the module docs for who owns what.
 ///
-/// Grid: x = channel tiles, y = chunk, z = batch. Outputs `h_loc[bi, c, n, d]`, `dt_sum[bi, c, d]`.
-#[cube(launch_unchecked, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
-pub fn scan_chunk_state<F: Float, P: Float, W: Float>(
-    u: &Tensor<F>,
-    delta: &Tensor<F>,
-    delta_bias: &Tensor<W>,
-    a_log: &Tensor<W>,
-    b: &Tensor<P>,
-    h_loc: &mut Tensor<f32>,
-    dt_sum: &mut Tensor<f32>,
-    chunk_len: usize,
-    #[comptime] n_state: usize,
-    #[define(F, P, W)] _dtypes: [StorageType; 3],
-) {
-    let d = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
-    let c = CUBE_POS_Y as usize;
-    let bi = CUBE_POS_Z as usize;
-    let n_inner = u.shape(2);
-    let len = u.shape(1);
-    if d >= n_inner {
-        terminate!();
-    }
-    let t0 = c * chunk_len;
-    let t1 = usize::min(t0 + chunk_len, len);
-
-    let a = load_a::<W>(a_log, d, n_state);
-    let bias = f32::cast_from(delta_bias[d * delta_bias.stride(0)]);
-    let mut h = Array::<f32>::new(n_state);
-    #[unroll]
-    for n in 0..n_state {
-        h[n] = 0.0;
-    }
-    let mut sum = 0.0f32;
-
-    // Strides hoisted: each `stride()` is a metadata read.
-    let (su, sdt, sb, sbn) = (u.stride(1), delta.stride(1), b.stride(1), b.stride(2));
-    let base_u = bi * u.stride(0) + d * u.stride(2);
-    let base_dt = bi * delta.stride(0) + d * delta.stride(2);
-    let base_b = bi * b.stride(0);
-    for t in t0..t1 {
-        let dt = softplus_f32(f32::cast_from(delta[base_dt + t * sdt]) + bias);
-        let du = dt * f32::cast_from(u[base_u + t * su]);
-        let row_b = base_b + t * sb;
-        #[unroll]
-        for n in 0..n_state {
-            h[n] = f32::exp(dt * a[n]) * h[n] + du * f32::cast_from(b[row_b + n * sbn]);
-        }
-        sum += dt;
-    }
-
-    let n_chunks = h_loc.shape(1);
-    #[unroll]
-    for n in 0..n_state {
-        h_loc[((bi * n_chunks + c) * n_state + n) * n_inner + d] = h[n];
-    }
-    dt_sum[(bi * n_chunks + c) * n_inner + d] = sum;
-}
-
-/// Pass 2: each thread carries one (batch, state, channel) across the chunks and replaces each chunk's
-/// `h_loc` with the state at that chunk's start.
-///
-/// Grid: 1-D over `b · N · I` (channel fastest, so the scratch accesses are coalesced).
-#[cube(launch_unchecked, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
-pub fn scan_chunk_combine<W: Float, S: Float>(
-    a_log: &Tensor<W>,
-    state: &Tensor<S>,
-    h_loc: &mut Tensor<f32>,
-    dt_sum: &Tensor<f32>,
-    #[comptime] n_state: usize,
-    #[define(W, S)] _dtypes: [StorageType; 2],
-) {
-    let n_inner = state.shape(1);
-    let batch = state.shape(0);
-    let pos = ABSOLUTE_POS;
-    if pos >= batch * n_state * n_inner {
-        terminate!();
-    }
-    let d = pos % n_inner;
-    let n = (pos / n_inner) % n_state;
-    let bi = pos / (n_inner * n_state);
-    let a = -f32::exp(f32::cast_from(a_log[d * a_log.stride(0) + n * a_log.stride(1)]));
-
-    let mut carry = f32::cast_from(state[bi * state.stride(0) + d * state.stride(1) + n * state.stride(2)]);
-    let n_chunks = h_loc.shape(1);
-    // Consecutive chunks are `N · I` apart in `h_loc` and `I` apart in `dt_sum`.
-    let mut idx = (bi * n_chunks * n_state + n) * n_inner + d;
-    let mut idx_dt = bi * n_chunks * n_inner + d;
-    for _c in 0..n_chunks {
-        let local = h_loc[idx];
-        h_loc[idx] = carry;
-        carry = f32::exp(a * dt_sum[idx_dt]) * carry + local;
-        idx += n_state * n_inner;
-        idx_dt += n_inner;
-    }
-}
-
-/// Pass 3 (and the whole scan when there is one chunk): each thread runs its chunk of one channel from
-/// its true start state and writes the gated output; the thread of the last chunk writes the final state.
-///
-/// Grid: x = channel tiles, y = chunk, z = batch. `h_start` is `h_loc` after pass 2 when `chunked`,
-/// otherwise ignored (the start state is `state`).
+/// Launch: cube dim (32, `warps`), grid (⌈I / 32⌉, batch). Shared memory: B and C of one tile, the
+/// rows' aggregates and the carry, each double-buffered so one barrier per state group suffices.
 #[cube(launch_unchecked, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 #[allow(clippy::too_many_arguments)]
-pub fn scan_chunk_output<F: Float, P: Float, W: Float, S: Float>(
+pub fn scan_block<F: Float, P: Float, W: Float, S: Float>(
     u: &Tensor<F>,
     delta: &Tensor<F>,
     delta_bias: &Tensor<W>,
@@ -168,39 +90,55 @@ pub fn scan_chunk_output<F: Float, P: Float, W: Float, S: Float>(
     d_skip: &Tensor<W>,
     z: &Tensor<F>,
     state: &Tensor<S>,
-    h_start: &Tensor<f32>,
     out: &mut Tensor<F>,
     state_out: &mut Tensor<S>,
-    chunk_len: usize,
     #[comptime] n_state: usize,
-    #[comptime] chunked: bool,
+    #[comptime] warps: usize,
+    #[comptime] items: usize,
     #[define(F, P, W, S)] _dtypes: [StorageType; 4],
 ) {
-    let d = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
-    let c = CUBE_POS_Y as usize;
-    let bi = CUBE_POS_Z as usize;
+    let groups = comptime!(n_state.div_ceil(STATE_GROUP));
+    let padded = comptime!(groups * STATE_GROUP);
+    let tile = comptime!(warps * items);
+    let lanes = comptime!(BLOCK_LANES as usize);
+
+    let lane = UNIT_POS_X as usize;
+    let row = UNIT_POS_Y as usize;
+    let tid = row * lanes + lane;
+    let bi = CUBE_POS_Y as usize;
     let n_inner = u.shape(2);
     let len = u.shape(1);
-    if d >= n_inner {
-        terminate!();
-    }
-    let t0 = c * chunk_len;
-    let t1 = usize::min(t0 + chunk_len, len);
+    let d_raw = CUBE_POS_X as usize * lanes + lane;
+    // Lanes past the last channel compute on channel I − 1 (every load stays in bounds, no early exit
+    // before the barriers) and store nothing.
+    let live = d_raw < n_inner;
+    let d = usize::min(d_raw, n_inner - 1);
 
-    let a = load_a::<W>(a_log, d, n_state);
+    let mut bs = SharedMemory::<V4>::new(tile * groups);
+    let mut cs = SharedMemory::<V4>::new(tile * groups);
+    let mut agg_p = SharedMemory::<V4>::new(2 * warps * lanes);
+    let mut agg_h = SharedMemory::<V4>::new(2 * warps * lanes);
+    let mut carry = SharedMemory::<V4>::new(2 * groups * lanes);
+
+    let a = load_a::<W>(a_log, d, n_state, padded);
     let bias = f32::cast_from(delta_bias[d * delta_bias.stride(0)]);
     let skip = f32::cast_from(d_skip[d * d_skip.stride(0)]);
-    let mut h = Array::<f32>::new(n_state);
-    if chunked {
-        let n_chunks = h_start.shape(1);
+
+    // Carry-in of tile 0: the input state (zero in the padding states).
+    if row == 0 {
         #[unroll]
-        for n in 0..n_state {
-            h[n] = h_start[((bi * n_chunks + c) * n_state + n) * n_inner + d];
-        }
-    } else {
-        #[unroll]
-        for n in 0..n_state {
-            h[n] = f32::cast_from(state[bi * state.stride(0) + d * state.stride(1) + n * state.stride(2)]);
+        for g in 0..groups {
+            let mut v = V4::empty();
+            #[unroll]
+            for k in 0..STATE_GROUP {
+                let n = g * STATE_GROUP + k;
+                if n < n_state {
+                    v[k] = f32::cast_from(state[bi * state.stride(0) + d * state.stride(1) + n * state.stride(2)]);
+                } else {
+                    v[k] = 0.0;
+                }
+            }
+            carry[g * lanes + lane] = v;
         }
     }
 
@@ -213,10 +151,176 @@ pub fn scan_chunk_output<F: Float, P: Float, W: Float, S: Float>(
     let base_o = bi * out.stride(0) + d * out.stride(2);
     let base_b = bi * b.stride(0);
     let base_c = bi * c_mat.stride(0);
-    for t in t0..t1 {
+
+    let n_tiles = len.div_ceil(tile);
+    for ti in 0..n_tiles {
+        let t0 = ti * tile;
+
+        // Stage B_t and C_t of the tile, 4 states per vector; zero past the sequence end.
+        let mut j = tid;
+        while j < tile * groups {
+            let t = t0 + j / groups;
+            let g = j % groups;
+            let mut vb = V4::empty();
+            let mut vc = V4::empty();
+            #[unroll]
+            for k in 0..STATE_GROUP {
+                let n = g * STATE_GROUP + k;
+                if t < len && n < n_state {
+                    vb[k] = f32::cast_from(b[base_b + t * sb + n * sbn]);
+                    vc[k] = f32::cast_from(c_mat[base_c + t * sc + n * scn]);
+                } else {
+                    vb[k] = 0.0;
+                    vc[k] = 0.0;
+                }
+            }
+            bs[j] = vb;
+            cs[j] = vc;
+            j += warps * lanes;
+        }
+
+        // This thread's steps: Δ, Δ·u, the D skip. Steps past the end get Δ = 0, i.e. the identity
+        // pair (1, 0), so they pass the state through unchanged.
+        let mut dt = Array::<f32>::new(items);
+        let mut du = Array::<f32>::new(items);
+        let mut y = Array::<f32>::new(items);
+        let mut gate = Array::<f32>::new(items);
+        #[unroll]
+        for i in 0..items {
+            let t = t0 + row * items + i;
+            let tc = usize::min(t, len - 1);
+            let x = f32::cast_from(u[base_u + tc * su]);
+            let step = softplus_f32(f32::cast_from(delta[base_dt + tc * sdt]) + bias);
+            dt[i] = select(t < len, step, 0.0);
+            du[i] = dt[i] * x;
+            y[i] = skip * x;
+            gate[i] = f32::cast_from(z[base_z + tc * sz]);
+        }
+        sync_cube();
+
+        #[unroll]
+        for g in 0..groups {
+            // 1. Local run from zero: partial outputs, decay products, q = C ⊙ P.
+            let mut h_loc = V4::new(0.0);
+            let mut prod = V4::new(1.0);
+            let mut q = Array::<V4>::new(items);
+            #[unroll]
+            for i in 0..items {
+                let at = (row * items + i) * groups + g;
+                let vb = bs[at];
+                let vc = cs[at];
+                let mut qi = V4::empty();
+                #[unroll]
+                for k in 0..STATE_GROUP {
+                    let decay = f32::exp(dt[i] * a[g * STATE_GROUP + k]);
+                    h_loc[k] = decay * h_loc[k] + du[i] * vb[k];
+                    prod[k] *= decay;
+                    y[i] += vc[k] * h_loc[k];
+                    qi[k] = vc[k] * prod[k];
+                }
+                q[i] = qi;
+            }
+
+            // 2. Publish the segment aggregate, then fold the rows before this one onto the carry-in.
+            let buf = ((ti * groups + g) % 2) * warps * lanes;
+            agg_p[buf + tid] = prod;
+            agg_h[buf + tid] = h_loc;
+            sync_cube();
+            let mut h_in = carry[((ti % 2) * groups + g) * lanes + lane];
+            for r in 0..row {
+                h_in = agg_p[buf + r * lanes + lane] * h_in + agg_h[buf + r * lanes + lane];
+            }
+            if row == warps - 1 {
+                carry[(((ti + 1) % 2) * groups + g) * lanes + lane] = prod * h_in + h_loc;
+            }
+            #[unroll]
+            for i in 0..items {
+                let qi = q[i];
+                #[unroll]
+                for k in 0..STATE_GROUP {
+                    y[i] += qi[k] * h_in[k];
+                }
+            }
+        }
+
+        #[unroll]
+        for i in 0..items {
+            let t = t0 + row * items + i;
+            if live && t < len {
+                out[base_o + t * so] = F::cast_from(y[i] * silu_f32(gate[i]));
+            }
+        }
+    }
+
+    // The final carry (written by the last row of the last tile) is the state after step L − 1.
+    sync_cube();
+    if row == 0 && live {
+        #[unroll]
+        for g in 0..groups {
+            let v = carry[((n_tiles % 2) * groups + g) * lanes + lane];
+            #[unroll]
+            for k in 0..STATE_GROUP {
+                let n = g * STATE_GROUP + k;
+                if n < n_state {
+                    state_out[bi * state_out.stride(0) + d * state_out.stride(1) + n * state_out.stride(2)] =
+                        S::cast_from(v[k]);
+                }
+            }
+        }
+    }
+}
+
+/// Sequential scan: one thread per (batch, channel) runs all steps in order from the input state and
+/// writes the gated output and the final state. Used for the decode step (one launch per layer) and
+/// sequences too short to fill a [`scan_block`] tile.
+///
+/// Grid: x = channel tiles, y = batch.
+#[cube(launch_unchecked, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
+#[allow(clippy::too_many_arguments)]
+pub fn scan_sequential<F: Float, P: Float, W: Float, S: Float>(
+    u: &Tensor<F>,
+    delta: &Tensor<F>,
+    delta_bias: &Tensor<W>,
+    a_log: &Tensor<W>,
+    b: &Tensor<P>,
+    c_mat: &Tensor<P>,
+    d_skip: &Tensor<W>,
+    z: &Tensor<F>,
+    state: &Tensor<S>,
+    out: &mut Tensor<F>,
+    state_out: &mut Tensor<S>,
+    #[comptime] n_state: usize,
+    #[define(F, P, W, S)] _dtypes: [StorageType; 4],
+) {
+    let d = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
+    let bi = CUBE_POS_Y as usize;
+    let n_inner = u.shape(2);
+    let len = u.shape(1);
+    if d >= n_inner {
+        terminate!();
+    }
+
+    let a = load_a::<W>(a_log, d, n_state, n_state);
+    let bias = f32::cast_from(delta_bias[d * delta_bias.stride(0)]);
+    let skip = f32::cast_from(d_skip[d * d_skip.stride(0)]);
+    let mut h = Array::<f32>::new(n_state);
+    #[unroll]
+    for n in 0..n_state {
+        h[n] = f32::cast_from(state[bi * state.stride(0) + d * state.stride(1) + n * state.stride(2)]);
+    }
+
+    // Strides hoisted: each `stride()` is a metadata read.
+    let (su, sdt, sz, so) = (u.stride(1), delta.stride(1), z.stride(1), out.stride(1));
+    let (sb, sbn, sc, scn) = (b.stride(1), b.stride(2), c_mat.stride(1), c_mat.stride(2));
+    let base_u = bi * u.stride(0) + d * u.stride(2);
+    let base_dt = bi * delta.stride(0) + d * delta.stride(2);
+    let base_z = bi * z.stride(0) + d * z.stride(2);
+    let base_o = bi * out.stride(0) + d * out.stride(2);
+    let base_b = bi * b.stride(0);
+    let base_c = bi * c_mat.stride(0);
+    for t in 0..len {
         let x = f32::cast_from(u[base_u + t * su]);
         let dt = softplus_f32(f32::cast_from(delta[base_dt + t * sdt]) + bias);
-        let gate = f32::cast_from(z[base_z + t * sz]);
         let du = dt * x;
         let row_b = base_b + t * sb;
         let row_c = base_c + t * sc;
@@ -226,16 +330,11 @@ pub fn scan_chunk_output<F: Float, P: Float, W: Float, S: Float>(
             h[n] = f32::exp(dt * a[n]) * h[n] + du * f32::cast_from(b[row_b + n * sbn]);
             y += h[n] * f32::cast_from(c_mat[row_c + n * scn]);
         }
-        // silu(z) = z · sigmoid(z); exp(−z) may reach +inf for very negative z, giving −0.
-        let silu = gate / (1.0 + f32::exp(-gate));
-        out[base_o + t * so] = F::cast_from(y * silu);
+        out[base_o + t * so] = F::cast_from(y * silu_f32(f32::cast_from(z[base_z + t * sz])));
     }
 
-    if t1 == len {
-        #[unroll]
-        for n in 0..n_state {
-            state_out[bi * state_out.stride(0) + d * state_out.stride(1) + n * state_out.stride(2)] =
-                S::cast_from(h[n]);
-        }
+    #[unroll]
+    for n in 0..n_state {
+        state_out[bi * state_out.stride(0) + d * state_out.stride(1) + n * state_out.stride(2)] = S::cast_from(h[n]);
     }
 }
