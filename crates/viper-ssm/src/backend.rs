@@ -1,6 +1,8 @@
-//! The backend extension trait through which the mixer runs its scan and conv.
+//! The backend extension trait through which the model runs its hot ops: the selective scan, the causal
+//! conv, RMS norms and the Linear products of the decode step.
 //!
-//! Every method has the tensor-op [`reference`](crate::reference) as its default body; CubeCL backends
+//! Every method has a tensor-op default body (the [`reference`](crate::reference), or Burn's `linear`
+//! for [`SsmBackend::projection`]); CubeCL backends
 //! (`CubeBackend<R, F, I, BT>` and its `Fusion` wrapper, i.e. Burn's `Cuda` and `Wgpu` with or without the
 //! `fusion` feature) override them with the hand-written kernels of [`kernels`](crate::kernels).
 

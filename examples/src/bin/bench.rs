@@ -3,6 +3,7 @@
 //! ```text
 //! cargo build --release -p viper-examples --features cuda,fusion,autotune --bin bench
 //! bench [--out BENCHMARKS.md] [--layers 64] [--quick] [--kernels-only] [--decode-only] [--steps N]
+//!       [--prefill-only L]
 //! ```
 //!
 //! Prints a markdown report and writes it to `--out`:
@@ -10,9 +11,13 @@
 //! 2. scan and conv kernel times at d_inner 8192, d_state 16, batch 1, L ∈ {1, 512, 2048, 8192, 29000},
 //!    with the bytes each must move at least (inputs once, outputs once) over its time;
 //! 3. the model: prefill tokens/s at L = 2048 and 8192, decode tokens/s at batch 1 (greedy, the token read
-//!    back every step as generation does), on the plain `CubeBackend` and on Burn's default `Cuda`
+//!    back every step as generation does; and with the ids kept on the device, splitting the host's
+//!    queueing time from the total), on the plain `CubeBackend` and on Burn's default `Cuda`
 //!    (fusion-wrapped when built with `fusion`).
-//! Peak GPU memory comes from `nvidia-smi` sampled by the caller (see BENCHMARKS.md).
+//!
+//! `--decode-only` runs just the plain backend's decode and `--prefill-only L` two prefills at L (for `ncu`
+//! profiles). Peak GPU memory
+//! comes from `nvidia-smi` sampled by the caller (see BENCHMARKS.md).
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -313,6 +318,20 @@ fn main() {
     let mut report = String::new();
     let gpu = gpu_name();
     writeln!(report, "Card: {gpu}\n").unwrap();
+    // Profiling mode: one plain-backend prefill at L (after one untimed warm-up), nothing else.
+    if let Some(l) = arg("--prefill-only").and_then(|v| v.parse::<usize>().ok()) {
+        let m = model::<Plain>(layers, &dev);
+        let ids = Tensor::<Plain, 2, Int>::from_data(
+            TensorData::new((0..l as i64).map(|i| i % 60000).collect::<Vec<_>>(), [1, l]),
+            &dev,
+        );
+        for _ in 0..2 {
+            let mut cache: FalconMambaCache<Plain> = m.new_cache(1);
+            let logits = m.forward(m.embed(ids.clone()), &mut cache, Logits::Last);
+            let _ = logits.argmax(2).into_data();
+        }
+        return;
+    }
     if decode_only {
         model_bench::<Plain>("CubeBackend", layers, quick, false, steps, &dev, &mut report);
         std::fs::write(&out, &report).expect("write report");
