@@ -70,6 +70,16 @@ pub struct RmsNormInput<B: Backend> {
     pub segments: [usize; 2],
 }
 
+impl<B: Backend> RmsNormInput<B> {
+    /// The output dtype: `dtype`, or f32 when a weight of another dtype multiplies (PyTorch's promotion).
+    pub fn out_dtype(&self) -> burn::tensor::DType {
+        match &self.weight {
+            Some(w) if w.dtype() != self.dtype => burn::tensor::DType::F32,
+            _ => self.dtype,
+        }
+    }
+}
+
 /// A Linear layer through [`SsmBackend::projection`]: Burn's product, or one matrix–vector launch for the
 /// decode step on the CubeCL backends.
 pub fn linear<B: SsmBackend>(layer: &burn::nn::Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
@@ -136,6 +146,9 @@ mod cube_impl {
     use super::{ConvInput, RmsNormInput, ScanInput, ScanOutput, SsmBackend};
     use crate::kernels;
 
+    /// The conv's (output, new window).
+    type Pair<B> = (Tensor<B, 3>, Tensor<B, 3>);
+
     fn like<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
         if t.dtype() == dtype {
             t
@@ -173,7 +186,7 @@ mod cube_impl {
 
     fn conv<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
         x: ConvInput<CubeBackend<R, F, I, BT>>,
-    ) -> (Tensor<CubeBackend<R, F, I, BT>, 3>, Tensor<CubeBackend<R, F, I, BT>, 3>) {
+    ) -> Pair<CubeBackend<R, F, I, BT>> {
         let (act, wt) = (x.x.dtype(), x.weight.dtype());
         let (y, window) = kernels::causal_conv1d(
             prim(x.x),
@@ -187,7 +200,8 @@ mod cube_impl {
     fn norm<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
         x: RmsNormInput<CubeBackend<R, F, I, BT>>,
     ) -> Tensor<CubeBackend<R, F, I, BT>, 3> {
-        wrap(kernels::rms_norm(prim(x.x), x.weight.map(prim), x.eps, x.dtype, x.segments))
+        let out_dtype = x.out_dtype();
+        wrap(kernels::rms_norm(prim(x.x), x.weight.map(prim), x.eps, x.dtype, out_dtype, x.segments))
     }
 
     impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> SsmBackend for CubeBackend<R, F, I, BT> {
@@ -230,7 +244,7 @@ mod fusion_impl {
     use core::marker::PhantomData;
 
     use burn::prelude::*;
-    use burn::tensor::TensorPrimitive;
+    use burn::tensor::{DType, Shape, TensorPrimitive};
     use burn_fusion::stream::{Operation, OperationStreams};
     use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
     use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
@@ -249,6 +263,25 @@ mod fusion_impl {
 
     fn put<B: FusionBackend, const D: usize>(h: &mut Handles<B>, ir: &TensorIr, t: Tensor<B, D>) {
         h.register_float_tensor::<B>(&ir.id, t.into_primitive().tensor());
+    }
+
+    /// Registers a custom op on the fusion stream (never fused with its neighbours): `outs` are the shapes
+    /// and dtypes of its outputs, `make` builds the op from its description. Returns the outputs.
+    fn register<B: FusionBackend, O: Operation<B::FusionRuntime> + 'static, const N: usize>(
+        name: &'static str,
+        ins: Vec<FusionTensor<B::FusionRuntime>>,
+        outs: [(Shape, DType); N],
+        make: impl FnOnce(CustomOpIr) -> O,
+    ) -> [Tensor<Fusion<B>, 3>; N] {
+        let client = ins[0].client.clone();
+        let outs = outs.map(|(shape, dtype)| TensorIr::uninit(client.create_empty_handle(), shape, dtype));
+        let streams = OperationStreams::with_inputs(ins.iter());
+        let irs: Vec<TensorIr> = ins.into_iter().map(|t| t.into_ir()).collect();
+        let desc = CustomOpIr::new(name, &irs, &outs);
+        let op = make(desc.clone());
+        let outs: [FusionTensor<B::FusionRuntime>; N] =
+            client.register(streams, OperationIr::Custom(desc), op).try_into().expect("one tensor per declared output");
+        outs.map(|t| Tensor::from_primitive(TensorPrimitive::Float(t)))
     }
 
     #[derive(Debug)]
@@ -349,72 +382,51 @@ mod fusion_impl {
         if b * l > crate::kernels::gemv::GEMV_MAX_ROWS || x.dtype() != weight.dtype() {
             return burn::tensor::module::linear(x, weight, bias);
         }
-        let out_shape = burn::tensor::Shape::new([b, l, weight.dims()[1]]);
+        let out = (Shape::new([b, l, weight.dims()[1]]), x.dtype());
         let mut ins = vec![ft(x), ft(weight)];
         ins.extend(bias.map(ft));
-        let client = ins[0].client.clone();
-        let out = TensorIr::uninit(client.create_empty_handle(), out_shape, ins[0].dtype);
-        let streams = OperationStreams::with_inputs(ins.iter());
-        let irs: Vec<TensorIr> = ins.into_iter().map(|t| t.into_ir()).collect();
-        let desc = CustomOpIr::new("viper_linear", &irs, &[out]);
-        let op = LinearOp::<B> { desc: desc.clone(), _b: PhantomData };
-        let [out]: [FusionTensor<B::FusionRuntime>; 1] =
-            client.register(streams, OperationIr::Custom(desc), op).try_into().expect("one output");
-        Tensor::from_primitive(TensorPrimitive::Float(out))
+        let [y] = register::<B, _, 1>("viper_linear", ins, [out], |desc| LinearOp::<B> { desc, _b: PhantomData });
+        y
     }
 
     fn norm<B: FusionBackend + SsmBackend>(x: RmsNormInput<Fusion<B>>) -> Tensor<Fusion<B>, 3> {
-        let out_dtype = match &x.weight {
-            Some(w) if w.dtype() != x.dtype => burn::tensor::DType::F32,
-            _ => x.dtype,
-        };
+        let out = (x.x.shape(), x.out_dtype());
+        let (eps, dtype, segments) = (x.eps, x.dtype, x.segments);
         let mut ins = vec![ft(x.x)];
         ins.extend(x.weight.map(ft));
-        let client = ins[0].client.clone();
-        let out = TensorIr::uninit(client.create_empty_handle(), ins[0].shape.clone(), out_dtype);
-        let streams = OperationStreams::with_inputs(ins.iter());
-        let irs: Vec<TensorIr> = ins.into_iter().map(|t| t.into_ir()).collect();
-        let desc = CustomOpIr::new("viper_rms_norm", &irs, &[out]);
-        let op = NormOp::<B> { desc: desc.clone(), eps: x.eps, dtype: x.dtype, segments: x.segments, _b: PhantomData };
-        let [out]: [FusionTensor<B::FusionRuntime>; 1] =
-            client.register(streams, OperationIr::Custom(desc), op).try_into().expect("one output");
-        Tensor::from_primitive(TensorPrimitive::Float(out))
+        let [y] = register::<B, _, 1>("viper_rms_norm", ins, [out], |desc| NormOp::<B> {
+            desc,
+            eps,
+            dtype,
+            segments,
+            _b: PhantomData,
+        });
+        y
     }
 
     fn scan<B: FusionBackend + SsmBackend>(x: ScanInput<Fusion<B>>, single: bool) -> ScanOutput<Fusion<B>> {
+        let outs = [(x.u.shape(), x.u.dtype()), (x.state.shape(), x.state.dtype())];
         let ins =
-            [ft(x.u), ft(x.delta), ft(x.delta_bias), ft(x.a_log), ft(x.b), ft(x.c), ft(x.d), ft(x.z), ft(x.state)];
-        let client = ins[0].client.clone();
-        let y = TensorIr::uninit(client.create_empty_handle(), ins[0].shape.clone(), ins[0].dtype);
-        let s = TensorIr::uninit(client.create_empty_handle(), ins[8].shape.clone(), ins[8].dtype);
-        let streams = OperationStreams::with_inputs(ins.iter());
-        let irs: Vec<TensorIr> = ins.into_iter().map(|t| t.into_ir()).collect();
-        let desc = CustomOpIr::new("viper_selective_scan", &irs, &[y, s]);
-        let op = ScanOp::<B> { desc: desc.clone(), single, _b: PhantomData };
-        let [y, s]: [FusionTensor<B::FusionRuntime>; 2] =
-            client.register(streams, OperationIr::Custom(desc), op).try_into().expect("two outputs");
-        ScanOutput {
-            y: Tensor::from_primitive(TensorPrimitive::Float(y)),
-            state: Tensor::from_primitive(TensorPrimitive::Float(s)),
-        }
+            vec![ft(x.u), ft(x.delta), ft(x.delta_bias), ft(x.a_log), ft(x.b), ft(x.c), ft(x.d), ft(x.z), ft(x.state)];
+        let [y, state] = register::<B, _, 2>("viper_selective_scan", ins, outs, |desc| ScanOp::<B> {
+            desc,
+            single,
+            _b: PhantomData,
+        });
+        ScanOutput { y, state }
     }
 
     fn conv<B: FusionBackend + SsmBackend>(
         x: ConvInput<Fusion<B>>,
         single: bool,
     ) -> (Tensor<Fusion<B>, 3>, Tensor<Fusion<B>, 3>) {
+        // The new window has the window's shape and the input's dtype.
+        let outs = [(x.x.shape(), x.x.dtype()), (x.window.shape(), x.x.dtype())];
         let mut ins = vec![ft(x.x), ft(x.window), ft(x.weight)];
         ins.extend(x.bias.map(ft));
-        let client = ins[0].client.clone();
-        let y = TensorIr::uninit(client.create_empty_handle(), ins[0].shape.clone(), ins[0].dtype);
-        let w = TensorIr::uninit(client.create_empty_handle(), ins[1].shape.clone(), ins[0].dtype);
-        let streams = OperationStreams::with_inputs(ins.iter());
-        let irs: Vec<TensorIr> = ins.into_iter().map(|t| t.into_ir()).collect();
-        let desc = CustomOpIr::new("viper_causal_conv1d", &irs, &[y, w]);
-        let op = ConvOp::<B> { desc: desc.clone(), single, _b: PhantomData };
-        let [y, w]: [FusionTensor<B::FusionRuntime>; 2] =
-            client.register(streams, OperationIr::Custom(desc), op).try_into().expect("two outputs");
-        (Tensor::from_primitive(TensorPrimitive::Float(y)), Tensor::from_primitive(TensorPrimitive::Float(w)))
+        let [y, window] =
+            register::<B, _, 2>("viper_causal_conv1d", ins, outs, |desc| ConvOp::<B> { desc, single, _b: PhantomData });
+        (y, window)
     }
 
     impl<B: FusionBackend + SsmBackend> SsmBackend for Fusion<B> {

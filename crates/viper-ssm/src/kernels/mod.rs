@@ -183,20 +183,17 @@ pub fn causal_conv1d<R: CubeRuntime>(
 }
 
 /// RMS norm of each row of `x` (`[b, l, d]`, any strides) in up to three segments (bounds
-/// `segments`); see [`norm`]. `round` is the dtype `x` is rounded to first and the output dtype,
-/// except that a weight of another dtype makes the output f32.
+/// `segments`); see [`norm`]. `round` is the dtype `x` is rounded to first, `out_dtype` that of the
+/// result ([`RmsNormInput::out_dtype`](crate::RmsNormInput::out_dtype)).
 pub fn rms_norm<R: CubeRuntime>(
     x: CubeTensor<R>,
     weight: Option<CubeTensor<R>>,
     eps: f64,
     round: DType,
+    out_dtype: DType,
     segments: [usize; 2],
 ) -> CubeTensor<R> {
     let [bsz, len, d] = dims3(&x);
-    let out_dtype = match &weight {
-        Some(w) if w.dtype != round => DType::F32,
-        _ => round,
-    };
     let client = x.client.clone();
     let out = empty_device_dtype(client.clone(), x.device.clone(), x.shape(), out_dtype);
     let has_weight = weight.is_some();
