@@ -5,7 +5,7 @@
 use burn::module::Param;
 use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
-use burn::tensor::FloatDType;
+use burn::tensor::{DType, FloatDType};
 use viper_checkpoint::{Checkpoint, CheckpointError, LoadOptions};
 use viper_ssm::{MambaMixer, MambaState, RmsNorm, SsmBackend};
 
@@ -122,9 +122,19 @@ impl<B: SsmBackend> LanguageModel<B> for FalconMambaForCausalLM<B> {
         let dtype = self.weight_dtype();
         let [b, l, d] = embeds.dims();
         let mut h = embeds;
+        // Spec §6.2: the stream is f32 with residual_in_fp32; each block normalises it in the weight
+        // dtype. The residual add of a block is fused with the next norm (the last one with norm_f).
+        let stream = if self.config.residual_in_fp32 { DType::F32 } else { h.dtype() };
+        let mut pending: Option<Tensor<B, 3>> = None;
         for (layer, state) in self.backbone.layers.iter().zip(cache.layers.iter_mut()) {
-            // Spec §6.2: normalise the stream in the weight dtype, add the mixer output in f32.
-            let x = layer.norm.forward_as(h.clone(), dtype);
+            let x = match pending.take() {
+                None => layer.norm.forward_as(h.clone(), dtype),
+                Some(y) => {
+                    let (s, x) = layer.norm.forward_add(h, y, stream, dtype);
+                    h = s;
+                    x
+                }
+            };
             let y = if l == 1 {
                 let (y, s) = layer.mixer.step(x.reshape([b, d]), state.clone());
                 *state = s;
@@ -134,12 +144,14 @@ impl<B: SsmBackend> LanguageModel<B> for FalconMambaForCausalLM<B> {
                 *state = s;
                 y
             };
-            h = if self.config.residual_in_fp32 { h.cast(FloatDType::F32) + y.cast(FloatDType::F32) } else { h + y };
+            pending = Some(y);
         }
-        if logits == Logits::Last {
-            h = h.narrow(1, l - 1, 1);
-        }
-        let y = self.backbone.norm_f.forward(h);
+        let last = |t: Tensor<B, 3>| if logits == Logits::Last { t.narrow(1, l - 1, 1) } else { t };
+        // norm_f normalises the stream in the stream's dtype.
+        let y = match pending {
+            None => self.backbone.norm_f.forward(last(h)),
+            Some(y) => self.backbone.norm_f.forward_add(last(h), last(y), stream, stream).1,
+        };
         viper_ssm::linear(&self.lm_head, y.cast(dtype)).cast(FloatDType::F32)
     }
 }

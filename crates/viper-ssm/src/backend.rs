@@ -98,6 +98,15 @@ pub trait SsmBackend: Backend {
         crate::reference::selective_scan(input)
     }
 
+    /// [`selective_state_update`](Self::selective_state_update) with dt_proj folded in: `input.delta` is
+    /// the low-rank dt `[b, l, R]` and Δ = `dt · dt_proj` (`[R, I]`, no bias; `delta_bias` is added
+    /// inside as usual). CubeCL backends form each channel's Δ inside the scan kernel: one launch less
+    /// per layer and decode step.
+    fn selective_state_update_projected(input: ScanInput<Self>, dt_proj: Tensor<Self, 2>) -> ScanOutput<Self> {
+        let delta = Self::projection(input.delta.clone(), dt_proj, None);
+        Self::selective_state_update(ScanInput { delta, ..input })
+    }
+
     /// Causal conv + SiLU over a sequence; returns the output and the new window.
     fn causal_conv1d(input: ConvInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
         crate::reference::causal_conv1d(input)
@@ -110,7 +119,8 @@ pub trait SsmBackend: Backend {
 
     /// A Linear layer, `x · weight (+ bias)` with `weight` `[d_in, d_out]`. CubeCL backends run a
     /// matrix–vector kernel when `x` has at most 8 rows (the decode step) and the weight is laid out as
-    /// the loader builds it; otherwise, and on other backends, Burn's `linear`.
+    /// the loader builds it, and a split-K product for few output columns over a long `k` (prefill
+    /// x_proj); otherwise, and on other backends, Burn's `linear`.
     fn projection(x: Tensor<Self, 3>, weight: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>) -> Tensor<Self, 3> {
         burn::tensor::module::linear(x, weight, bias)
     }
@@ -119,6 +129,30 @@ pub trait SsmBackend: Backend {
     /// or f32 when a weight of another dtype multiplies (PyTorch's promotion).
     fn rms_norm(input: RmsNormInput<Self>) -> Tensor<Self, 3> {
         crate::reference::rms_norm(input)
+    }
+
+    /// [`rms_norm`](Self::rms_norm) returning its three segments as separate tensors (FalconMamba's dt,
+    /// B and C; each segment must be non-empty). CubeCL backends write them as contiguous views of one
+    /// buffer, so no slice copies follow.
+    fn rms_norm_split(input: RmsNormInput<Self>) -> [Tensor<Self, 3>; 3] {
+        let [s1, s2] = input.segments;
+        let d = input.x.dims()[2];
+        let y = Self::rms_norm(input);
+        [y.clone().narrow(2, 0, s1), y.clone().narrow(2, s1, s2 - s1), y.narrow(2, s2, d - s2)]
+    }
+
+    /// The residual add fused with the next norm: `s = x + y` in the `stream` dtype (both cast to it),
+    /// then [`rms_norm`](Self::rms_norm) of `s` with `input`'s weight, eps, dtype and segments.
+    /// Returns `(s, norm(s))`; `input.x` is the stream `h`, `y` the mixer output.
+    fn add_rms_norm(
+        input: RmsNormInput<Self>,
+        y: Tensor<Self, 3>,
+        stream: burn::tensor::DType,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+        let stream = burn::tensor::FloatDType::from(stream);
+        let s = input.x.cast(stream) + y.cast(stream);
+        let out = Self::rms_norm(RmsNormInput { x: s.clone(), ..input });
+        (s, out)
     }
 }
 
@@ -168,6 +202,13 @@ mod cube_impl {
     fn scan<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
         x: ScanInput<CubeBackend<R, F, I, BT>>,
     ) -> ScanOutput<CubeBackend<R, F, I, BT>> {
+        scan_projected(x, None)
+    }
+
+    fn scan_projected<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+        x: ScanInput<CubeBackend<R, F, I, BT>>,
+        dt_w: Option<Tensor<CubeBackend<R, F, I, BT>, 2>>,
+    ) -> ScanOutput<CubeBackend<R, F, I, BT>> {
         let (act, par, wt) = (x.u.dtype(), x.b.dtype(), x.a_log.dtype());
         let t = kernels::ScanTensors {
             u: prim(x.u),
@@ -180,7 +221,7 @@ mod cube_impl {
             z: prim(like(x.z, act)),
             state: prim(x.state),
         };
-        let (y, state) = kernels::selective_scan(t);
+        let (y, state) = kernels::selective_scan_projected(t, dt_w.map(prim));
         ScanOutput { y: wrap(y), state: wrap(state) }
     }
 
@@ -201,7 +242,8 @@ mod cube_impl {
         x: RmsNormInput<CubeBackend<R, F, I, BT>>,
     ) -> Tensor<CubeBackend<R, F, I, BT>, 3> {
         let out_dtype = x.out_dtype();
-        wrap(kernels::rms_norm(prim(x.x), x.weight.map(prim), x.eps, x.dtype, out_dtype, x.segments))
+        let mut out = kernels::rms_norm(prim(x.x), x.weight.map(prim), x.eps, x.dtype, out_dtype, x.segments, false);
+        wrap(out.remove(0))
     }
 
     impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> SsmBackend for CubeBackend<R, F, I, BT> {
@@ -209,11 +251,52 @@ mod cube_impl {
             norm(input)
         }
 
+        fn rms_norm_split(x: RmsNormInput<Self>) -> [Tensor<Self, 3>; 3] {
+            let out_dtype = x.out_dtype();
+            let out = kernels::rms_norm(prim(x.x), x.weight.map(prim), x.eps, x.dtype, out_dtype, x.segments, true);
+            let [a, b, c]: [_; 3] = out.try_into().expect("three segments");
+            [wrap(a), wrap(b), wrap(c)]
+        }
+
+        fn add_rms_norm(x: RmsNormInput<Self>, y: Tensor<Self, 3>, stream: DType) -> Pair<Self> {
+            let d = x.x.dims()[2];
+            if x.segments != [d, d] || y.dims() != x.x.dims() {
+                let stream = FloatDType::from(stream);
+                let s = x.x.cast(stream) + y.cast(stream);
+                return (s.clone(), norm(RmsNormInput { x: s, ..x }));
+            }
+            let out_dtype = x.out_dtype();
+            let (s, out) =
+                kernels::add_rms_norm(prim(x.x), prim(y), x.weight.map(prim), x.eps, stream, x.dtype, out_dtype);
+            (wrap(s), wrap(out))
+        }
+
         fn projection(x: Tensor<Self, 3>, weight: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>) -> Tensor<Self, 3> {
             let (xp, wp) = (prim(x.clone()), prim(weight.clone()));
+            let [b, l, k] = x.dims();
+            let n = weight.dims()[1];
             if kernels::gemv_applies(&xp, &wp) {
                 let bias = bias.map(|b| prim(like(b, weight.dtype())));
                 wrap(kernels::gemv(xp, wp, bias))
+            } else if let Some(s) = kernels::split_k(b * l, k, n) {
+                // Split-K: [s, m, k/s] · [s, k/s, n] with f32 partials, summed over s, one rounding.
+                use burn_cubecl::kernel::{into_contiguous, matmul};
+                let dtype = x.dtype();
+                let xs = x.reshape([b * l, s, k / s]).swap_dims(0, 1);
+                let ws = wrap::<Self, 2>(into_contiguous(wp)).reshape([s, k / s, n]);
+                let parts = matmul::matmul(
+                    into_contiguous(prim(xs)),
+                    prim(ws),
+                    None,
+                    matmul::MatmulStrategy::default(),
+                    DType::F32,
+                )
+                .expect("split-K product of checked shapes");
+                let mut y = wrap::<Self, 3>(parts).sum_dim(0).reshape([b, l, n]);
+                if let Some(bias) = bias {
+                    y = y + bias.cast(FloatDType::F32).reshape([1, 1, n]);
+                }
+                y.cast(FloatDType::from(dtype))
             } else {
                 burn::tensor::module::linear(x, weight, bias)
             }
@@ -225,6 +308,16 @@ mod cube_impl {
 
         fn selective_state_update(input: ScanInput<Self>) -> ScanOutput<Self> {
             scan(input)
+        }
+
+        fn selective_state_update_projected(input: ScanInput<Self>, dt_proj: Tensor<Self, 2>) -> ScanOutput<Self> {
+            let (u, dt, w) = (prim(input.u.clone()), prim(input.delta.clone()), prim(dt_proj.clone()));
+            if kernels::scan_projects(&u, &dt, &w) {
+                scan_projected(input, Some(dt_proj))
+            } else {
+                let delta = Self::projection(input.delta.clone(), dt_proj, None);
+                scan(ScanInput { delta, ..input })
+            }
         }
 
         fn causal_conv1d(input: ConvInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
@@ -293,7 +386,9 @@ mod fusion_impl {
 
     impl<B: FusionBackend + SsmBackend> Operation<B::FusionRuntime> for ScanOp<B> {
         fn execute(&self, h: &mut Handles<B>) {
-            let ([u, delta, delta_bias, a_log, b, c, d, z, state], [y_out, state_out]) = self.desc.as_fixed();
+            let ins = &self.desc.inputs;
+            let ([u, delta, delta_bias, a_log, b, c, d, z, state], [y_out, state_out]) =
+                (core::array::from_fn(|i| &ins[i]), [&self.desc.outputs[0], &self.desc.outputs[1]]);
             let input = ScanInput::<B> {
                 u: get(h, u),
                 delta: get(h, delta),
@@ -305,7 +400,11 @@ mod fusion_impl {
                 z: get(h, z),
                 state: get(h, state),
             };
-            let out = if self.single { B::selective_state_update(input) } else { B::selective_scan(input) };
+            let out = match (ins.get(9), self.single) {
+                (Some(w), _) => B::selective_state_update_projected(input, get(h, w)),
+                (None, true) => B::selective_state_update(input),
+                (None, false) => B::selective_scan(input),
+            };
             put(h, y_out, out.y);
             put(h, state_out, out.state);
         }
@@ -358,6 +457,57 @@ mod fusion_impl {
     }
 
     #[derive(Debug)]
+    struct NormSplitOp<B> {
+        desc: CustomOpIr,
+        eps: f64,
+        dtype: burn::tensor::DType,
+        segments: [usize; 2],
+        _b: PhantomData<B>,
+    }
+
+    impl<B: FusionBackend + SsmBackend> Operation<B::FusionRuntime> for NormSplitOp<B> {
+        fn execute(&self, h: &mut Handles<B>) {
+            let ins = &self.desc.inputs;
+            let input = RmsNormInput::<B> {
+                x: get(h, &ins[0]),
+                weight: ins.get(1).map(|w| get(h, w)),
+                eps: self.eps,
+                dtype: self.dtype,
+                segments: self.segments,
+            };
+            for (ir, t) in self.desc.outputs.iter().zip(B::rms_norm_split(input)) {
+                put(h, ir, t);
+            }
+        }
+    }
+
+    #[derive(Debug)]
+    struct AddNormOp<B> {
+        desc: CustomOpIr,
+        eps: f64,
+        dtype: burn::tensor::DType,
+        stream: burn::tensor::DType,
+        _b: PhantomData<B>,
+    }
+
+    impl<B: FusionBackend + SsmBackend> Operation<B::FusionRuntime> for AddNormOp<B> {
+        fn execute(&self, h: &mut Handles<B>) {
+            let ins = &self.desc.inputs;
+            let d = ins[0].shape[2];
+            let input = RmsNormInput::<B> {
+                x: get(h, &ins[0]),
+                weight: ins.get(2).map(|w| get(h, w)),
+                eps: self.eps,
+                dtype: self.dtype,
+                segments: [d, d],
+            };
+            let (s, out) = B::add_rms_norm(input, get(h, &ins[1]), self.stream);
+            put(h, &self.desc.outputs[0], s);
+            put(h, &self.desc.outputs[1], out);
+        }
+    }
+
+    #[derive(Debug)]
     struct LinearOp<B> {
         desc: CustomOpIr,
         _b: PhantomData<B>,
@@ -371,15 +521,17 @@ mod fusion_impl {
         }
     }
 
-    /// Registers the decode-sized products as a custom op (the layout check that picks the kernel
+    /// Registers the decode-sized and split-K products as a custom op (the layout check that picks the kernel
     /// needs the real tensors, which only the op's execution sees); the rest go to Burn's `linear`.
     fn linear<B: FusionBackend + SsmBackend>(
         x: Tensor<Fusion<B>, 3>,
         weight: Tensor<Fusion<B>, 2>,
         bias: Option<Tensor<Fusion<B>, 1>>,
     ) -> Tensor<Fusion<B>, 3> {
-        let [b, l, _] = x.dims();
-        if b * l > crate::kernels::gemv::GEMV_MAX_ROWS || x.dtype() != weight.dtype() {
+        let [b, l, k] = x.dims();
+        let n = weight.dims()[1];
+        let custom = b * l <= crate::kernels::gemv::GEMV_MAX_ROWS || crate::kernels::split_k(b * l, k, n).is_some();
+        if !custom || x.dtype() != weight.dtype() {
             return burn::tensor::module::linear(x, weight, bias);
         }
         let out = (Shape::new([b, l, weight.dims()[1]]), x.dtype());
@@ -404,10 +556,58 @@ mod fusion_impl {
         y
     }
 
-    fn scan<B: FusionBackend + SsmBackend>(x: ScanInput<Fusion<B>>, single: bool) -> ScanOutput<Fusion<B>> {
+    fn norm_split<B: FusionBackend + SsmBackend>(x: RmsNormInput<Fusion<B>>) -> [Tensor<Fusion<B>, 3>; 3] {
+        let [b, l, d] = x.x.dims();
+        let [s1, s2] = [x.segments[0].min(d), x.segments[1].clamp(x.segments[0].min(d), d)];
+        let dt = x.out_dtype();
+        let outs = [s1, s2 - s1, d - s2].map(|w| (Shape::new([b, l, w]), dt));
+        let (eps, dtype) = (x.eps, x.dtype);
+        let mut ins = vec![ft(x.x)];
+        ins.extend(x.weight.map(ft));
+        register::<B, _, 3>("viper_rms_norm_split", ins, outs, |desc| NormSplitOp::<B> {
+            desc,
+            eps,
+            dtype,
+            segments: [s1, s2],
+            _b: PhantomData,
+        })
+    }
+
+    fn add_norm<B: FusionBackend + SsmBackend>(
+        x: RmsNormInput<Fusion<B>>,
+        y: Tensor<Fusion<B>, 3>,
+        stream: burn::tensor::DType,
+    ) -> (Tensor<Fusion<B>, 3>, Tensor<Fusion<B>, 3>) {
+        let d = x.x.dims()[2];
+        if x.segments != [d, d] || y.dims() != x.x.dims() {
+            let st = burn::tensor::FloatDType::from(stream);
+            let s = x.x.cast(st) + y.cast(st);
+            return (s.clone(), norm(RmsNormInput { x: s, ..x }));
+        }
+        let outs = [(x.x.shape(), stream), (x.x.shape(), x.out_dtype())];
+        let (eps, dtype) = (x.eps, x.dtype);
+        let mut ins = vec![ft(x.x), ft(y)];
+        ins.extend(x.weight.map(ft));
+        let [s, out] = register::<B, _, 2>("viper_add_rms_norm", ins, outs, |desc| AddNormOp::<B> {
+            desc,
+            eps,
+            dtype,
+            stream,
+            _b: PhantomData,
+        });
+        (s, out)
+    }
+
+    /// `dt_w`: dt_proj folded into a decode step (a tenth input).
+    fn scan<B: FusionBackend + SsmBackend>(
+        x: ScanInput<Fusion<B>>,
+        single: bool,
+        dt_w: Option<Tensor<Fusion<B>, 2>>,
+    ) -> ScanOutput<Fusion<B>> {
         let outs = [(x.u.shape(), x.u.dtype()), (x.state.shape(), x.state.dtype())];
-        let ins =
+        let mut ins =
             vec![ft(x.u), ft(x.delta), ft(x.delta_bias), ft(x.a_log), ft(x.b), ft(x.c), ft(x.d), ft(x.z), ft(x.state)];
+        ins.extend(dt_w.map(ft));
         let [y, state] = register::<B, _, 2>("viper_selective_scan", ins, outs, |desc| ScanOp::<B> {
             desc,
             single,
@@ -434,16 +634,32 @@ mod fusion_impl {
             norm(input)
         }
 
+        fn rms_norm_split(input: RmsNormInput<Self>) -> [Tensor<Self, 3>; 3] {
+            norm_split(input)
+        }
+
+        fn add_rms_norm(
+            input: RmsNormInput<Self>,
+            y: Tensor<Self, 3>,
+            stream: burn::tensor::DType,
+        ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+            add_norm(input, y, stream)
+        }
+
         fn projection(x: Tensor<Self, 3>, weight: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>) -> Tensor<Self, 3> {
             linear(x, weight, bias)
         }
 
         fn selective_scan(input: ScanInput<Self>) -> ScanOutput<Self> {
-            scan(input, false)
+            scan(input, false, None)
         }
 
         fn selective_state_update(input: ScanInput<Self>) -> ScanOutput<Self> {
-            scan(input, true)
+            scan(input, true, None)
+        }
+
+        fn selective_state_update_projected(input: ScanInput<Self>, dt_proj: Tensor<Self, 2>) -> ScanOutput<Self> {
+            scan(input, true, Some(dt_proj))
         }
 
         fn causal_conv1d(input: ConvInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {

@@ -180,27 +180,31 @@ impl<B: SsmBackend> MambaMixer<B> {
         let (u, conv_state) = if single { B::causal_conv1d_update(conv) } else { B::causal_conv1d(conv) };
 
         // 3. x_proj → dt | B | C, normalised per variant.
-        let mut dbc = linear(&self.x_proj, u.clone()); // (b, l, R + 2N)
+        let dbc = linear(&self.x_proj, u.clone()); // (b, l, R + 2N)
         let (r, n) = (c.dt_rank, c.d_state);
-        if let (None, MambaVariant::FalconMamba { rms_eps }) = (&self.norms, c.variant) {
-            // FalconMamba's weightless norms of dt, B and C: one launch over the three segments.
-            let dtype = dbc.dtype();
-            dbc = B::rms_norm(RmsNormInput { x: dbc, weight: None, eps: rms_eps, dtype, segments: [r, r + n] });
-        }
-        let dt = dbc.clone().narrow(2, 0, r);
-        let bm = dbc.clone().narrow(2, r, n);
-        let cm = dbc.narrow(2, r + n, n);
-        let (dt, bm, cm) = match &self.norms {
-            Some(nm) => (nm.dt_layernorm.forward(dt), nm.b_layernorm.forward(bm), nm.c_layernorm.forward(cm)),
-            None => (dt, bm, cm),
+        let (dt, bm, cm) = match (&self.norms, c.variant) {
+            (Some(nm), _) => (
+                nm.dt_layernorm.forward(dbc.clone().narrow(2, 0, r)),
+                nm.b_layernorm.forward(dbc.clone().narrow(2, r, n)),
+                nm.c_layernorm.forward(dbc.narrow(2, r + n, n)),
+            ),
+            (None, MambaVariant::FalconMamba { rms_eps }) => {
+                // FalconMamba's weightless norms of dt, B and C: one launch over the three segments,
+                // each written as its own tensor.
+                let dtype = dbc.dtype();
+                let [dt, bm, cm] =
+                    B::rms_norm_split(RmsNormInput { x: dbc, weight: None, eps: rms_eps, dtype, segments: [r, r + n] });
+                (dt, bm, cm)
+            }
+            (None, _) => (dbc.clone().narrow(2, 0, r), dbc.clone().narrow(2, r, n), dbc.narrow(2, r + n, n)),
         };
         // The norms may promote to f32 (weight dtype ≠ activation dtype); dt_proj runs in the weight dtype.
-        let delta = linear(&self.dt_proj, dt.cast(self.dt_proj.weight.val().dtype())); // (b, l, I)
+        let dt = dt.cast(self.dt_proj.weight.val().dtype());
 
-        // 4. selective scan with D skip and SiLU(z) gating.
+        // 4. selective scan with D skip and SiLU(z) gating; a decode step folds dt_proj into the scan.
         let scan = ScanInput {
             u,
-            delta,
+            delta: dt,
             delta_bias: self.dt_bias.val(),
             a_log: self.a_log.val(),
             b: bm,
@@ -209,7 +213,18 @@ impl<B: SsmBackend> MambaMixer<B> {
             z,
             state: state.ssm,
         };
-        let out = if single { B::selective_state_update(scan) } else { B::selective_scan(scan) };
+        let out = match (&self.dt_proj.bias, single) {
+            (None, true) => B::selective_state_update_projected(scan, self.dt_proj.weight.val()),
+            _ => {
+                let delta = linear(&self.dt_proj, scan.delta.clone()); // (b, l, I)
+                let scan = ScanInput { delta, ..scan };
+                if single {
+                    B::selective_state_update(scan)
+                } else {
+                    B::selective_scan(scan)
+                }
+            }
+        };
         (linear(&self.out_proj, out.y), MambaState { conv: conv_state, ssm: out.state })
     }
 }

@@ -55,4 +55,28 @@ impl<B: SsmBackend> RmsNorm<B> {
         };
         B::rms_norm(input).reshape(dims)
     }
+
+    /// The residual add fused with this norm: `s = h + y` in the `stream` dtype, then
+    /// [`forward_as`](Self::forward_as)`(s, dtype)`. Returns `(s, norm)`; one
+    /// [`SsmBackend::add_rms_norm`] launch.
+    pub fn forward_add<const D: usize>(
+        &self,
+        h: Tensor<B, D>,
+        y: Tensor<B, D>,
+        stream: DType,
+        dtype: DType,
+    ) -> (Tensor<B, D>, Tensor<B, D>) {
+        let dims = h.dims();
+        let d = dims[D - 1];
+        let rows: usize = dims[..D - 1].iter().product();
+        let input = RmsNormInput {
+            x: h.reshape([1, rows, d]),
+            weight: Some(self.weight.val()),
+            eps: self.eps,
+            dtype,
+            segments: [d, d],
+        };
+        let (s, out) = B::add_rms_norm(input, y.reshape([1, rows, d]), stream);
+        (s.reshape(dims), out.reshape(dims))
+    }
 }

@@ -167,6 +167,39 @@ fn scan_case(c: ScanCase, act: DType, state_dtype: DType, decode: bool) {
     check("state", &state, &host(want.state), state_dtype);
 }
 
+/// A decode step with dt_proj folded into the scan (`selective_state_update_projected`): `delta` is a
+/// low-rank dt `[b, l, rank]` and the weight a transposed view of `[i, rank]`, as the loader lays out
+/// dt_proj; against the default body (product, then scan) on the f32 reference backend.
+fn scan_projected_case(c: ScanCase, rank: usize, act: DType) {
+    let mut rng = rng(&format!("scan projected b={} l={} i={} n={} rank={rank} {act:?}", c.b, c.l, c.i, c.n));
+    let x = scan_data(&c, &mut rng);
+    let dt = round(&draw(&mut rng, c.b * c.l * rank, -1.0, 1.0), act);
+    let w = round(&draw(&mut rng, c.i * rank, -0.4, 0.4), act);
+    let run = |dtype: DType, x: &ScanData| {
+        let dev = Default::default();
+        let mut input = scan_input::<K>(&c, x, dtype, dtype, &dev);
+        input.delta = tensor(&dt, [c.b, c.l, rank], dtype, &dev);
+        K::selective_state_update_projected(input, tensor::<K, 2>(&w, [c.i, rank], dtype, &dev).transpose())
+    };
+    let out = run(act, &x);
+    let rx = ScanData {
+        xz: round(&x.xz, act),
+        dbc: round(&x.dbc, act),
+        delta: round(&x.delta, act),
+        bias: round(&x.bias, act),
+        a_log: round(&x.a_log, act),
+        d: round(&x.d, act),
+        state: round(&x.state, act),
+    };
+    let dev = Default::default();
+    let mut input = scan_input::<R>(&c, &rx, DType::F32, DType::F32, &dev);
+    input.delta = tensor(&dt, [c.b, c.l, rank], DType::F32, &dev);
+    let want =
+        R::selective_state_update_projected(input, tensor::<R, 2>(&w, [c.i, rank], DType::F32, &dev).transpose());
+    check("y (dt_proj folded)", &host(out.y), &host(want.y), act);
+    check("state (dt_proj folded)", &host(out.state), &host(want.state), act);
+}
+
 fn conv_case(b: usize, l: usize, i: usize, k: usize, bias: bool, dtype: DType) {
     let mut rng = rng(&format!("conv b={b} l={l} i={i} k={k} bias={bias} {dtype:?}"));
     let xz = round(&draw(&mut rng, b * l * 2 * i, -2.0, 2.0), dtype);
@@ -211,6 +244,8 @@ fn scan_f32() {
     // L = 1 through the sequence entry and the decode entry.
     scan_case(ScanCase { b: 3, l: 1, i: 37, n: 16 }, DType::F32, DType::F32, false);
     scan_case(ScanCase { b: 3, l: 1, i: 37, n: 16 }, DType::F32, DType::F32, true);
+    // Decode step with dt_proj folded in (odd rank and width, batch 2).
+    scan_projected_case(ScanCase { b: 2, l: 1, i: 37, n: 16 }, 13, DType::F32);
 }
 
 #[test]
@@ -231,6 +266,7 @@ fn scan_conv_bf16() {
     scan_case(ScanCase { b: 2, l: 300, i: 64, n: 16 }, DType::BF16, DType::BF16, false);
     scan_case(ScanCase { b: 2, l: 70, i: 37, n: 16 }, DType::BF16, DType::F32, false);
     scan_case(ScanCase { b: 2, l: 1, i: 64, n: 16 }, DType::BF16, DType::BF16, true);
+    scan_projected_case(ScanCase { b: 1, l: 1, i: 300, n: 16 }, 256, DType::BF16);
     conv_case(2, 9, 37, 4, true, DType::BF16);
     conv_case(2, 1, 37, 4, true, DType::BF16);
 }
@@ -287,7 +323,66 @@ fn norm_case(shape: [usize; 3], segments: [usize; 2], x_dtype: DType, dtype: DTy
         DType::F16 => 2f64.powi(-11),
         _ => F32_TOL,
     };
-    check_bound("rms_norm", &host(got), &host(want), tol);
+    let want = host(want);
+    check_bound("rms_norm", &host(got), &want, tol);
+
+    // The same norm with its segments returned as separate tensors (views of one buffer on CubeCL).
+    let [s1, s2] = segments;
+    if !(0 < s1 && s1 < s2 && s2 < d) {
+        return; // split needs three non-empty segments
+    }
+    let split = K::rms_norm_split(input::<K>(&x, w.as_deref(), shape, args, &Default::default()));
+    for (seg, (lo, hi)) in split.into_iter().zip([(0, s1), (s1, s2), (s2, d)]) {
+        assert_eq!(seg.dims(), [b, l, hi - lo]);
+        let want_seg: Vec<f32> =
+            (0..b * l).flat_map(|r| want[r * d + lo..r * d + hi].iter().copied()).collect::<Vec<_>>();
+        check_bound("rms_norm_split", &host(seg), &want_seg, tol);
+    }
+}
+
+/// The residual add fused with the next norm: `s = h + y` in `stream`, then the norm in `dtype`,
+/// against the trait's tensor-op default (cast, add, reference norm) on the kernel backend.
+fn add_norm_case(shape: [usize; 3], stream: DType, y_dtype: DType, dtype: DType, w_dtype: DType) {
+    let mut rng = rng(&format!("add_rms_norm {shape:?} stream {stream:?} y {y_dtype:?} → {dtype:?} w {w_dtype:?}"));
+    let [_, _, d] = shape;
+    let n: usize = shape.iter().product();
+    let h = round(&draw(&mut rng, n, -3.0, 3.0), stream);
+    let y = round(&draw(&mut rng, n, -3.0, 3.0), y_dtype);
+    let w = round(&draw(&mut rng, d, 0.5, 1.5), w_dtype);
+    let dev = Default::default();
+    let input = || viper_ssm::RmsNormInput::<K> {
+        x: tensor(&h, shape, stream, &dev),
+        weight: Some(tensor(&w, [d], w_dtype, &dev)),
+        eps: 1e-5,
+        dtype,
+        segments: [d, d],
+    };
+    let (s, out) = K::add_rms_norm(input(), tensor(&y, shape, y_dtype, &dev), stream);
+    let st = FloatDType::from(stream);
+    let want_s = input().x.cast(st) + tensor::<K, 3>(&y, shape, y_dtype, &dev).cast(st);
+    let want = reference::rms_norm(viper_ssm::RmsNormInput { x: want_s.clone(), ..input() });
+    assert_eq!((s.dtype(), out.dtype()), (stream, want.dtype()));
+    // The sum is one rounding of the same f32 sum: identical.
+    assert_eq!(host(s), host(want_s), "residual sum");
+    let tol = match dtype {
+        DType::BF16 => 2f64.powi(-8),
+        _ => F32_TOL,
+    };
+    check_bound("add_rms_norm", &host(out), &host(want), tol);
+}
+
+#[test]
+fn add_rms_norm_f32() {
+    // A row wider than the cube, odd width, batch 2.
+    add_norm_case([2, 3, 301], DType::F32, DType::F32, DType::F32, DType::F32);
+}
+
+/// FalconMamba's bf16 model: f32 stream, bf16 mixer output, normalised in bf16; and a bf16 stream.
+#[cfg(feature = "cuda")]
+#[test]
+fn add_rms_norm_bf16() {
+    add_norm_case([1, 3, 4096], DType::F32, DType::BF16, DType::BF16, DType::BF16);
+    add_norm_case([2, 2, 300], DType::BF16, DType::BF16, DType::BF16, DType::BF16);
 }
 
 #[test]
@@ -336,6 +431,15 @@ fn linear_case(b: usize, l: usize, k: usize, n: usize, bias: bool, transposed: b
     if transposed && b * l <= 8 {
         let want = run::<R>((&x, &w, &bv), shape, DType::F32);
         check("linear", &host(got), &host(want), dtype);
+    } else if viper_ssm::kernels::split_k(b * l, k, n).is_some() {
+        // Split-K product: f32 partials of Burn's matmul summed. Burn's CUDA f32 matmul rounds its
+        // inputs like TF32 (~2e-4 relative), so f32 is held to that there.
+        let want = run::<R>((&x, &w, &bv), shape, DType::F32);
+        if dtype == DType::F32 && cfg!(feature = "cuda") {
+            check_bound("linear split-K", &host(got), &host(want), 1e-3);
+        } else {
+            check("linear split-K", &host(got), &host(want), dtype);
+        }
     } else {
         // The fallback is Burn's own product on the same backend (on CUDA its f32 matmul may use TF32).
         let dev = Default::default();
@@ -359,6 +463,8 @@ fn linear_f32() {
     // Fallbacks to Burn's product: a contiguous [d_in, d_out] weight; more than 8 rows.
     linear_case(1, 1, 64, 16, true, false, DType::F32);
     linear_case(3, 5, 64, 16, false, true, DType::F32);
+    // Split-K (prefill x_proj shape, scaled down): 2 × 20 rows, k = 2048, 24 columns, with a bias.
+    linear_case(2, 20, 2048, 24, true, true, DType::F32);
 }
 
 #[cfg(feature = "cuda")]
@@ -366,4 +472,8 @@ fn linear_f32() {
 fn linear_bf16() {
     linear_case(1, 1, 4096, 300, false, true, DType::BF16);
     linear_case(4, 1, 256, 520, true, true, DType::BF16);
+    // k not a multiple of 8: scalar loads.
+    linear_case(1, 1, 4100, 40, false, true, DType::BF16);
+    // Split-K at x_proj's width.
+    linear_case(1, 64, 8192, 288, false, true, DType::BF16);
 }

@@ -291,6 +291,193 @@ fn model_bench<B: SsmBackend>(
     );
     println!("{line}");
     writeln!(report, "{line}").unwrap();
+    // One step queued onto an idle device: the host's own cost of a step (if it is below the
+    // per-token total above, the GPU is the bound; if equal, the host).
+    let mut one: Vec<f64> = (0..5).map(|_| decode(1, false).1).collect();
+    one.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let line = format!("| {name} | decode, host time to queue one step onto an idle GPU | {:.2} ms | |", one[2] * 1e3);
+    println!("{line}");
+    writeln!(report, "{line}").unwrap();
+}
+
+/// Prefill projection shapes `(name, d_in, d_out)` of falcon-mamba-7b.
+const PROJECTIONS: [(&str, usize, usize); 4] = [
+    ("in_proj", D_MODEL, 2 * D_INNER),
+    ("x_proj", D_INNER, 288),
+    ("dt_proj", 256, D_INNER),
+    ("out_proj", D_INNER, D_MODEL),
+];
+
+/// `--matmul`: Burn's bf16 product at the prefill shapes, for the weight as the loader lays it out
+/// (transposed view of `[d_out, d_in]`) and contiguous `[d_in, d_out]`, and split-K variants
+/// (batched over K segments, f32 partials summed); plus host cost of tiny launches.
+fn matmul_table(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
+    use burn_cubecl::kernel::matmul::{matmul, MatmulStrategy};
+    type T3 = Tensor<Plain, 3>;
+    let mm32 = |a: T3, b: T3| -> T3 {
+        let out = matmul(
+            a.into_primitive().tensor(),
+            b.into_primitive().tensor(),
+            None,
+            MatmulStrategy::default(),
+            DType::F32,
+        )
+        .expect("matmul");
+        Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(out))
+    };
+    writeln!(report, "| shape | m | variant | time | TFLOP/s |").unwrap();
+    writeln!(report, "|---|---:|---|---:|---:|").unwrap();
+    let mut row = |name: &str, m: usize, variant: &str, t: f64, flop: f64| {
+        let line = format!("| {name} | {m} | {variant} | {:.1} µs | {:.0} |", t * 1e6, flop / t / 1e12);
+        println!("{line}");
+        writeln!(report, "{line}").unwrap();
+    };
+    for m in [2048usize, 8192] {
+        for (name, k, n) in PROJECTIONS {
+            let flop = 2.0 * (m * k * n) as f64;
+            let x = rand::<Plain, 3>([1, m, k], -1.0, 1.0, DType::BF16, dev);
+            let view = rand::<Plain, 2>([n, k], -0.05, 0.05, DType::BF16, dev).transpose();
+            let contig = rand::<Plain, 2>([k, n], -0.05, 0.05, DType::BF16, dev);
+            let t = time::<Plain>(dev, 2, 10, || {
+                let _ = x.clone().matmul(view.clone().unsqueeze::<3>());
+            });
+            row(name, m, "view", t, flop);
+            let t = time::<Plain>(dev, 2, 10, || {
+                let _ = x.clone().matmul(contig.clone().unsqueeze::<3>());
+            });
+            row(name, m, "contiguous", t, flop);
+            let t = time::<Plain>(dev, 2, 10, || {
+                let _ = mm32(x.clone(), view.clone().unsqueeze::<3>());
+            });
+            row(name, m, "view, f32 out", t, flop);
+            if k >= 4096 && n <= 512 {
+                for s in [4usize, 8, 16, 32] {
+                    let xs = x.clone().reshape([m, s, k / s]).swap_dims(0, 1);
+                    let wv = view.clone().reshape([s, k / s, n]);
+                    let wc = contig.clone().reshape([s, k / s, n]);
+                    let t = time::<Plain>(dev, 2, 10, || {
+                        let _ = mm32(xs.clone(), wv.clone()).sum_dim(0).cast(FloatDType::BF16);
+                    });
+                    row(name, m, &format!("split-K {s}, view"), t, flop);
+                    let t = time::<Plain>(dev, 2, 10, || {
+                        let _ = mm32(xs.clone(), wc.clone()).sum_dim(0).cast(FloatDType::BF16);
+                    });
+                    row(name, m, &format!("split-K {s}, contiguous"), t, flop);
+                    let xc = xs.clone().reshape([s * m * (k / s)]).reshape([s, m, k / s]);
+                    let t = time::<Plain>(dev, 2, 10, || {
+                        let _ = mm32(xc.clone(), wc.clone()).sum_dim(0).cast(FloatDType::BF16);
+                    });
+                    row(name, m, &format!("split-K {s}, contiguous both (no copy timed)"), t, flop);
+                }
+            }
+        }
+    }
+    // Host cost of tiny launches (200 back to back, one sync).
+    let a = rand::<Plain, 3>([1, 1, D_MODEL], -1.0, 1.0, DType::BF16, dev);
+    let b = rand::<Plain, 3>([1, 1, D_MODEL], -1.0, 1.0, DType::BF16, dev);
+    for (what, t) in [
+        ("add (bf16, 4096)", time_batched::<Plain>(dev, 500, || drop(a.clone() + b.clone()))),
+        ("cast bf16 → f32 (4096)", time_batched::<Plain>(dev, 500, || drop(a.clone().cast(FloatDType::F32)))),
+        (
+            "narrow + reshape (no launch)",
+            time_batched::<Plain>(dev, 500, || drop(a.clone().narrow(2, 0, 256).reshape([1, 256]))),
+        ),
+        (
+            "empty (no launch)",
+            time_batched::<Plain>(dev, 500, || drop(Tensor::<Plain, 3>::empty([1, 1, D_MODEL], (dev, DType::BF16)))),
+        ),
+    ] {
+        let line = format!("host per call: {what}: {:.2} µs", t * 1e6);
+        println!("{line}");
+        writeln!(report, "\n{line}").unwrap();
+    }
+}
+
+/// `--host`: the host's cost of each op of a decode step, queued onto an idle GPU (20 calls after a
+/// sync, median of 5 such batches, per call), on the plain backend at falcon-mamba-7b's shapes.
+fn host_table(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
+    use viper_ssm::RmsNormInput;
+    type B = Plain;
+    let per_call = |f: &mut dyn FnMut()| -> f64 {
+        let mut v: Vec<f64> = (0..5)
+            .map(|_| {
+                f();
+                sync::<B>(dev);
+                let t = Instant::now();
+                for _ in 0..20 {
+                    f();
+                }
+                let s = t.elapsed().as_secs_f64() / 20.0;
+                sync::<B>(dev);
+                s
+            })
+            .collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[2]
+    };
+    let x = rand::<B, 3>([1, 1, D_MODEL], -1.0, 1.0, DType::BF16, dev);
+    let h = rand::<B, 3>([1, 1, D_MODEL], -1.0, 1.0, DType::F32, dev);
+    let w_in = linear::<B>(D_MODEL, 2 * D_INNER, dev);
+    let w_x = linear::<B>(D_INNER, 288, dev);
+    let w_out = linear::<B>(D_INNER, D_MODEL, dev);
+    let w_dt = linear::<B>(256, D_INNER, dev);
+    let u = rand::<B, 3>([1, 1, D_INNER], -1.0, 1.0, DType::BF16, dev);
+    let dbc = rand::<B, 3>([1, 1, 288], -1.0, 1.0, DType::BF16, dev);
+    let nw = norm::<B>(D_MODEL, 1e-5, dev);
+    let mut scan = scan_inputs::<B>(1, DType::BF16, dev);
+    scan.delta = rand([1, 1, 256], -1.0, 1.0, DType::BF16, dev);
+    let conv = ConvInput {
+        x: u.clone(),
+        window: rand([1, 4, D_INNER], -1.0, 1.0, DType::BF16, dev),
+        weight: rand([D_INNER, 4], -1.0, 1.0, DType::BF16, dev),
+        bias: Some(rand([D_INNER], -1.0, 1.0, DType::BF16, dev)),
+    };
+    let a = x.clone();
+    let rows: Vec<(&str, f64)> = vec![
+        ("Burn add, 4096 bf16 (reference point)", per_call(&mut || drop(a.clone() + x.clone()))),
+        (
+            "empty tensor (allocation, no launch)",
+            per_call(&mut || drop(Tensor::<B, 3>::empty([1, 1, D_MODEL], (dev, DType::BF16)))),
+        ),
+        (
+            "add_rms_norm (residual + block norm)",
+            per_call(&mut || drop(nw.forward_add(h.clone(), x.clone(), DType::F32, DType::BF16))),
+        ),
+        ("in_proj GEMV", per_call(&mut || drop(viper_ssm::linear(&w_in, x.clone())))),
+        ("conv update", per_call(&mut || drop(B::causal_conv1d_update(conv.clone())))),
+        ("x_proj GEMV", per_call(&mut || drop(viper_ssm::linear(&w_x, u.clone())))),
+        (
+            "dt/B/C norm, split",
+            per_call(&mut || {
+                drop(B::rms_norm_split(RmsNormInput {
+                    x: dbc.clone(),
+                    weight: None,
+                    eps: 1e-6,
+                    dtype: DType::BF16,
+                    segments: [256, 272],
+                }))
+            }),
+        ),
+        (
+            "scan step with dt_proj folded",
+            per_call(&mut || drop(B::selective_state_update_projected(scan.clone(), w_dt.weight.val()))),
+        ),
+        ("out_proj GEMV", per_call(&mut || drop(viper_ssm::linear(&w_out, u.clone())))),
+    ];
+    writeln!(report, "| op (decode step, one layer) | host per call |").unwrap();
+    writeln!(report, "|---|---:|").unwrap();
+    let mut total = 0.0;
+    for (what, t) in rows {
+        if !what.starts_with("Burn") && !what.starts_with("empty") {
+            total += t;
+        }
+        let line = format!("| {what} | {:.1} µs |", t * 1e6);
+        println!("{line}");
+        writeln!(report, "{line}").unwrap();
+    }
+    let line = format!("| sum of the 7 launches of a layer | {:.1} µs |", total * 1e6);
+    println!("{line}");
+    writeln!(report, "{line}").unwrap();
 }
 
 fn gpu_name() -> String {
@@ -330,6 +517,16 @@ fn main() {
             let logits = m.forward(m.embed(ids.clone()), &mut cache, Logits::Last);
             let _ = logits.argmax(2).into_data();
         }
+        return;
+    }
+    if args.iter().any(|a| a == "--host") {
+        host_table(&dev, &mut report);
+        std::fs::write(&out, &report).expect("write report");
+        return;
+    }
+    if args.iter().any(|a| a == "--matmul") {
+        matmul_table(&dev, &mut report);
+        std::fs::write(&out, &report).expect("write report");
         return;
     }
     if decode_only {

@@ -30,12 +30,14 @@ const UNROLL: usize = 4;
 
 /// Grid: x = column tiles of `8 / split`; cube (32, [`GEMV_THREAD_ROWS`]); thread row `y` works on column
 /// `y / split` of the tile and on the `k` of its part `y % split`. `x` is `[b, l, k]` with `b · l = rows`,
-/// `out` is `[b, l, n]`.
+/// `out` is `[b, l, n]`. `x` and `weight` are read as `N`-wide vectors along `k` (16 bytes when the host
+/// finds `k`, the strides and the layout allow it, else 1): a warp's load is then 512 contiguous bytes
+/// instead of 64, which is what lets a few thousand warps keep HBM busy.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-pub fn gemv_kernel<F: Float, W: Float>(
-    x: &Tensor<F>,
-    weight: &Tensor<W>,
+pub fn gemv_kernel<F: Float, W: Float, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    weight: &Tensor<Vector<W, N>>,
     bias: &Tensor<W>,
     out: &mut Tensor<F>,
     #[comptime] rows: usize,
@@ -44,44 +46,50 @@ pub fn gemv_kernel<F: Float, W: Float>(
     #[define(F, W)] _dtypes: [StorageType; 2],
 ) {
     let lanes = comptime!(GEMV_LANES as usize);
+    let nv = N::value();
     let lane = UNIT_POS_X as usize;
     let trow = UNIT_POS_Y as usize;
     let col = trow / split;
     let part = trow % split;
-    let n_out = weight.shape(1);
-    let k_len = weight.shape(0);
+    let n_out = out.shape(2);
+    // Vectors per column (the host checked that `N` divides `k`).
+    let k_vecs = weight.shape(0) / nv;
     let n_raw = CUBE_POS_X as usize * comptime!(GEMV_THREAD_ROWS as usize / split) + col;
     // Columns past the end compute on the last one (no early exit before the barriers) and store nothing.
     let n = usize::min(n_raw, n_out - 1);
     let len = x.shape(1);
+    // Along `k` both are contiguous when `N > 1`; with `N = 1` the strides are honoured.
     let (sw, sx) = (weight.stride(0), x.stride(2));
-    let base_w = n * weight.stride(1);
+    let base_w = n * weight.stride(1) / nv;
 
     let mut base_x = Array::<usize>::new(rows);
     let mut acc = Array::<f32>::new(rows);
     #[unroll]
     for r in 0..rows {
-        base_x[r] = (r / len) * x.stride(0) + (r % len) * x.stride(1);
+        base_x[r] = ((r / len) * x.stride(0) + (r % len) * x.stride(1)) / nv;
         acc[r] = 0.0;
     }
 
     let step = comptime!(split * GEMV_LANES as usize);
     let mut k0 = part * lanes + lane;
-    while k0 < k_len {
+    while k0 < k_vecs {
         #[unroll]
         for u in 0..UNROLL {
             let k = k0 + u * step;
-            if k < k_len {
-                let w = f32::cast_from(weight[base_w + k * sw]);
+            if k < k_vecs {
+                let w = weight[base_w + k * sw];
                 #[unroll]
                 for r in 0..rows {
-                    acc[r] += w * f32::cast_from(x[base_x[r] + k * sx]);
+                    let xv = x[base_x[r] + k * sx];
+                    #[unroll]
+                    for e in 0..nv {
+                        acc[r] += f32::cast_from(w[e]) * f32::cast_from(xv[e]);
+                    }
                 }
             }
         }
         k0 += UNROLL * step;
     }
-
     // Sum the lanes of each column: a tree over shared memory, all threads reaching every barrier.
     let mut shared = SharedMemory::<f32>::new(rows * comptime!(GEMV_THREAD_ROWS as usize) * lanes);
     let slot = trow * lanes + lane;

@@ -10,7 +10,7 @@ pub mod scan;
 
 use std::sync::OnceLock;
 
-use burn::tensor::{DType, TensorMetadata};
+use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::{ops::numeric::empty_device_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
 
@@ -73,6 +73,26 @@ fn st(dtype: DType) -> StorageType {
 
 /// Runs the selective scan; returns `(o [b, l, i] in u's dtype, final state [b, i, n] in state's dtype)`.
 pub fn selective_scan<R: CubeRuntime>(x: ScanTensors<R>) -> (CubeTensor<R>, CubeTensor<R>) {
+    selective_scan_projected(x, None)
+}
+
+/// Whether [`selective_scan_projected`] can fold dt_proj (weight `dt_w`, `[R, I]`) into the scan of
+/// `u` with low-rank `dt` (`[b, l, R]`): a short sequence (the sequential kernel) and one dtype.
+pub fn scan_projects<R: CubeRuntime>(u: &CubeTensor<R>, dt: &CubeTensor<R>, dt_w: &CubeTensor<R>) -> bool {
+    let [_, len, di] = dims3(u);
+    len <= SCAN_SEQUENTIAL_MAX_LEN
+        && dt.dtype == u.dtype
+        && dt_w.dtype == u.dtype
+        && dt_w.shape()[1] == di
+        && dt.shape()[2] == dt_w.shape()[0]
+}
+
+/// [`selective_scan`], where with `dt_w` (check [`scan_projects`]) `x.delta` is the low-rank dt and
+/// the kernel applies dt_proj itself (see [`scan::scan_sequential`]).
+pub fn selective_scan_projected<R: CubeRuntime>(
+    x: ScanTensors<R>,
+    dt_w: Option<CubeTensor<R>>,
+) -> (CubeTensor<R>, CubeTensor<R>) {
     let [bsz, len, di] = dims3(&x.u);
     let n_state = x.a_log.shape()[1];
     assert!(len >= 1, "selective scan over an empty sequence");
@@ -88,6 +108,9 @@ pub fn selective_scan<R: CubeRuntime>(x: ScanTensors<R>) -> (CubeTensor<R>, Cube
 
     let (tf, tp, tw, ts) = (st(x.u.dtype), st(x.b.dtype), st(x.a_log.dtype), st(x.state.dtype));
     if len <= SCAN_SEQUENTIAL_MAX_LEN {
+        let project = dt_w.is_some();
+        // Not read without projection; any tensor of u's dtype will do as the argument.
+        let dt_w = dt_w.unwrap_or_else(|| x.delta.clone());
         // SAFETY: the kernel returns before any access for channels past the last, and every other
         // index it forms is inside the shapes it reads (steps < L, states < N, batch < grid).
         unsafe {
@@ -97,6 +120,7 @@ pub fn selective_scan<R: CubeRuntime>(x: ScanTensors<R>) -> (CubeTensor<R>, Cube
                 CubeDim::new_1d(SCAN_CHANNELS_PER_CUBE),
                 x.u.into_tensor_arg(),
                 x.delta.into_tensor_arg(),
+                dt_w.into_tensor_arg(),
                 x.delta_bias.into_tensor_arg(),
                 x.a_log.into_tensor_arg(),
                 x.b.into_tensor_arg(),
@@ -107,10 +131,12 @@ pub fn selective_scan<R: CubeRuntime>(x: ScanTensors<R>) -> (CubeTensor<R>, Cube
                 out.clone().into_tensor_arg(),
                 state_out.clone().into_tensor_arg(),
                 n_state,
+                project,
                 [tf, tp, tw, ts],
             )
         };
     } else {
+        assert!(dt_w.is_none(), "dt_proj folds only into the sequential scan (see scan_projects)");
         let (warps, items) = scan_block_shape();
         // SAFETY: channels past the last are clamped to I − 1 for loads and store nothing; steps are
         // clamped to L − 1 for loads and stored only below L; states ≥ N are never read or written;
@@ -184,7 +210,8 @@ pub fn causal_conv1d<R: CubeRuntime>(
 
 /// RMS norm of each row of `x` (`[b, l, d]`, any strides) in up to three segments (bounds
 /// `segments`); see [`norm`]. `round` is the dtype `x` is rounded to first, `out_dtype` that of the
-/// result ([`RmsNormInput::out_dtype`](crate::RmsNormInput::out_dtype)).
+/// result ([`RmsNormInput::out_dtype`](crate::RmsNormInput::out_dtype)). With `split`, returns the three
+/// segments as separate contiguous tensors (views of one buffer), else one tensor.
 pub fn rms_norm<R: CubeRuntime>(
     x: CubeTensor<R>,
     weight: Option<CubeTensor<R>>,
@@ -192,17 +219,29 @@ pub fn rms_norm<R: CubeRuntime>(
     round: DType,
     out_dtype: DType,
     segments: [usize; 2],
-) -> CubeTensor<R> {
+    split: bool,
+) -> Vec<CubeTensor<R>> {
     let [bsz, len, d] = dims3(&x);
     let client = x.client.clone();
-    let out = empty_device_dtype(client.clone(), x.device.clone(), x.shape(), out_dtype);
+    let [s1, s2] = [segments[0].min(d), segments[1].clamp(segments[0].min(d), d)];
+    let rows = bsz * len;
+    // Split: one buffer, each segment's `[rows, width]` block starting at an aligned offset.
+    let widths = [s1, s2 - s1, d - s2];
+    let align = (client.properties().memory.alignment as usize / out_dtype.size()).max(1);
+    let blocks = widths.map(|w| (rows * w).div_ceil(align) * align);
+    let out = if split {
+        let total = blocks.iter().sum::<usize>().max(1);
+        empty_device_dtype(client.clone(), x.device.clone(), Shape::new([total]), out_dtype)
+    } else {
+        empty_device_dtype(client.clone(), x.device.clone(), x.shape(), out_dtype)
+    };
     let has_weight = weight.is_some();
     let (tx, tw) = (st(x.dtype), weight.as_ref().map_or(st(round), |w| st(w.dtype)));
     // Not read without a weight; any tensor will do as the argument.
     let weight = weight.unwrap_or_else(|| x.clone());
-    let [s1, s2] = [segments[0].min(d), segments[1].clamp(segments[0].min(d), d)];
+    let (off1, off2) = (blocks[0], blocks[0] + blocks[1]);
     // SAFETY: one cube per (position, batch) row, inside the grid; columns stay below d, the weight
-    // is read only when present (length d).
+    // is read only when present (length d); split blocks lie inside the buffer sized above.
     unsafe {
         norm::rms_norm_kernel::launch_unchecked(
             &client,
@@ -213,12 +252,77 @@ pub fn rms_norm<R: CubeRuntime>(
             out.clone().into_tensor_arg(),
             s1,
             s2,
+            off1,
+            off2,
             eps as f32,
             has_weight,
+            split,
             [tx, st(round), tw, st(out_dtype)],
         )
     };
-    out
+    if !split {
+        return vec![out];
+    }
+    let size = out_dtype.size() as u64;
+    let total = blocks.iter().sum::<usize>() as u64 * size;
+    let mut start = 0u64;
+    let mut views = Vec::with_capacity(3);
+    for (w, block) in widths.into_iter().zip(blocks) {
+        let bytes = block as u64 * size;
+        let handle = out.handle.clone().offset_start(start).offset_end(total - start - bytes);
+        let shape = Shape::new([bsz, len, w]);
+        views.push(CubeTensor::new_contiguous(client.clone(), out.device.clone(), shape, handle, out_dtype));
+        start += bytes;
+    }
+    views
+}
+
+/// `s = round_stream(h + y)` and its RMS norm (one segment) in one launch; returns `(s, norm(s))`.
+/// See [`norm::add_rms_norm_kernel`].
+pub fn add_rms_norm<R: CubeRuntime>(
+    h: CubeTensor<R>,
+    y: CubeTensor<R>,
+    weight: Option<CubeTensor<R>>,
+    eps: f64,
+    stream: DType,
+    round: DType,
+    out_dtype: DType,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let [bsz, len, _] = dims3(&h);
+    let client = h.client.clone();
+    let sum = empty_device_dtype(client.clone(), h.device.clone(), h.shape(), stream);
+    let out = empty_device_dtype(client.clone(), h.device.clone(), h.shape(), out_dtype);
+    let has_weight = weight.is_some();
+    let (th, ty, tw) = (st(h.dtype), st(y.dtype), weight.as_ref().map_or(st(round), |w| st(w.dtype)));
+    let weight = weight.unwrap_or_else(|| h.clone());
+    // SAFETY: as `rms_norm` (one segment); `y` has `h`'s shape (checked by the caller).
+    unsafe {
+        norm::add_rms_norm_kernel::launch_unchecked(
+            &client,
+            CubeCount::Static(len as u32, bsz as u32, 1),
+            CubeDim::new_1d(norm::NORM_CUBE),
+            h.into_tensor_arg(),
+            y.into_tensor_arg(),
+            weight.into_tensor_arg(),
+            sum.clone().into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            eps as f32,
+            has_weight,
+            [th, ty, st(stream), st(round), tw, st(out_dtype)],
+        )
+    };
+    (sum, out)
+}
+
+/// K segments for a prefill product with few output columns and a long `k` (FalconMamba's x_proj:
+/// 8192 → 288), or `None`. Burn's matmul tiles only the `m × n` output, so at `n = 288` a 2048-row
+/// product gets a few dozen cubes and runs at ~20 TFLOP/s on the H100; batching over 8 slices of `k`
+/// gives it 8× the cubes (3× faster at m = 2048 in BENCHMARKS.md). At m ≥ 8192 the plain product has
+/// enough cubes and splitting no longer pays.
+pub fn split_k(rows: usize, k: usize, n: usize) -> Option<usize> {
+    const SEGMENTS: usize = 8;
+    let skinny = n <= 512 && k >= 2048 && k.is_multiple_of(SEGMENTS);
+    (skinny && rows > gemv::GEMV_MAX_ROWS && rows <= 4096).then_some(SEGMENTS)
 }
 
 /// Whether [`gemv`] applies: few input rows, a 2-D weight whose columns are contiguous over `d_in`
@@ -249,6 +353,7 @@ pub fn gemv<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, bias: Optio
     let bias = bias.unwrap_or_else(|| weight.clone());
     let split = gemv_split(n);
     let columns = gemv::GEMV_THREAD_ROWS / split as u32;
+    let vector = gemv_vector_size(&x, &weight);
     // SAFETY: columns past n are clamped for loads and store nothing; k stays below d_in; rows below
     // b · l address x and out through their shapes; shared memory is sized from the same comptime values.
     unsafe {
@@ -256,6 +361,7 @@ pub fn gemv<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, bias: Optio
             &client,
             CubeCount::Static((n as u32).div_ceil(columns), 1, 1),
             CubeDim::new_2d(gemv::GEMV_LANES, gemv::GEMV_THREAD_ROWS),
+            vector,
             x.into_tensor_arg(),
             weight.into_tensor_arg(),
             bias.into_tensor_arg(),
@@ -267,6 +373,27 @@ pub fn gemv<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, bias: Optio
         )
     };
     out
+}
+
+/// Elements per 16-byte load along `k` for [`gemv`], or 1 where the layout does not allow it: `k` and
+/// every stride other than `k`'s must be multiples of it, and `k` contiguous in both operands. (Buffer
+/// offsets are aligned: Burn copies slices whose offsets are not.)
+fn gemv_vector_size<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>) -> usize {
+    let v = 16 / x.dtype.size().max(weight.dtype.size());
+    let (xs, ws) = (x.meta.strides(), weight.meta.strides());
+    let k = weight.shape()[0];
+    let ok = v > 1
+        && k.is_multiple_of(v)
+        && xs[2] == 1
+        && ws[0] == 1
+        && (xs[0].is_multiple_of(v) || x.shape()[0] == 1)
+        && (xs[1].is_multiple_of(v) || x.shape()[1] == 1)
+        && ws[1].is_multiple_of(v);
+    if ok {
+        v
+    } else {
+        1
+    }
 }
 
 fn dims3<R: CubeRuntime>(t: &CubeTensor<R>) -> [usize; 3] {

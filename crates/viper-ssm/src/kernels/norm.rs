@@ -25,7 +25,10 @@ const UNROLL: usize = 4;
 const SEGMENTS: usize = 3;
 
 /// Grid: x = position, y = batch; cube: [`NORM_CUBE`] threads. Segment `s` is columns
-/// `[bound[s], bound[s + 1])` with bounds `0, seg1, seg2, cols`.
+/// `[bound[s], bound[s + 1])` with bounds `0, seg1, seg2, cols`. With `split`, `out` is one flat buffer
+/// holding each segment as its own contiguous `[rows, width]` block, the blocks starting at element 0,
+/// `off1` and `off2` (the host aligns them so that each block is a tensor view of its own: dt, B and C
+/// reach their consumers without copies); otherwise `out` is `[b, l, cols]`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn rms_norm_kernel<X: Float, R: Float, Wt: Float, O: Float>(
@@ -34,8 +37,11 @@ pub fn rms_norm_kernel<X: Float, R: Float, Wt: Float, O: Float>(
     out: &mut Tensor<O>,
     seg1: usize,
     seg2: usize,
+    off1: usize,
+    off2: usize,
     eps: f32,
     #[comptime] has_weight: bool,
+    #[comptime] split: bool,
     #[define(X, R, Wt, O)] _dtypes: [StorageType; 4],
 ) {
     let t = CUBE_POS_X as usize;
@@ -95,6 +101,12 @@ pub fn rms_norm_kernel<X: Float, R: Float, Wt: Float, O: Float>(
 
     let base_o = bi * out.stride(0) + t * out.stride(1);
     let so = out.stride(2);
+    // Split: this row's start in each segment's block.
+    let row = bi * x.shape(1) + t;
+    // (Wraps when not split; then unused.)
+    let sb0 = row * seg1;
+    let sb1 = off1 + row * (seg2 - seg1) - seg1;
+    let sb2 = off2 + row * (cols - seg2) - seg2;
     let mut j0 = tid;
     while j0 < cols {
         #[unroll]
@@ -104,10 +116,95 @@ pub fn rms_norm_kernel<X: Float, R: Float, Wt: Float, O: Float>(
                 let v = f32::cast_from(R::cast_from(x[base_x + j * sx]));
                 let scale = select(j < seg1, inv0, select(j < seg2, inv1, inv2));
                 let normed = f32::cast_from(R::cast_from(v * scale));
+                let mut o = base_o + j * so;
+                if split {
+                    o = select(j < seg1, sb0, select(j < seg2, sb1, sb2)) + j;
+                }
                 if has_weight {
-                    out[base_o + j * so] = O::cast_from(normed * f32::cast_from(weight[j * weight.stride(0)]));
+                    out[o] = O::cast_from(normed * f32::cast_from(weight[j * weight.stride(0)]));
                 } else {
-                    out[base_o + j * so] = O::cast_from(normed);
+                    out[o] = O::cast_from(normed);
+                }
+            }
+        }
+        j0 += UNROLL * threads;
+    }
+}
+
+/// The residual add of the next block fused with its norm (spec §6.2: `h = h + mixer(norm(h))`, then the
+/// next block's `norm(h)`):
+///
+/// ```text
+/// s_j   = round_S(f32(h_j) + f32(y_j))          (the stream, f32 with residual_in_fp32)
+/// out_j = rms_norm(s)_j                          (as rms_norm_kernel, one segment)
+/// ```
+///
+/// Writes both `s` (the new stream) and `out`. Same grid and cube as [`rms_norm_kernel`]; one launch
+/// instead of the cast, the add and the norm.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn add_rms_norm_kernel<X: Float, Y: Float, S: Float, R: Float, Wt: Float, O: Float>(
+    h: &Tensor<X>,
+    y: &Tensor<Y>,
+    weight: &Tensor<Wt>,
+    sum_out: &mut Tensor<S>,
+    out: &mut Tensor<O>,
+    eps: f32,
+    #[comptime] has_weight: bool,
+    #[define(X, Y, S, R, Wt, O)] _dtypes: [StorageType; 6],
+) {
+    let t = CUBE_POS_X as usize;
+    let bi = CUBE_POS_Y as usize;
+    let tid = UNIT_POS_X as usize;
+    let threads = comptime!(NORM_CUBE as usize);
+    let cols = h.shape(2);
+    let (bh, sh) = (bi * h.stride(0) + t * h.stride(1), h.stride(2));
+    let (by, sy) = (bi * y.stride(0) + t * y.stride(1), y.stride(2));
+    let (bs, ss) = (bi * sum_out.stride(0) + t * sum_out.stride(1), sum_out.stride(2));
+
+    let mut sum = 0.0f32;
+    let mut j0 = tid;
+    while j0 < cols {
+        #[unroll]
+        for u in 0..UNROLL {
+            let j = j0 + u * threads;
+            if j < cols {
+                let s = S::cast_from(f32::cast_from(h[bh + j * sh]) + f32::cast_from(y[by + j * sy]));
+                sum_out[bs + j * ss] = s;
+                let v = f32::cast_from(R::cast_from(s));
+                sum += v * v;
+            }
+        }
+        j0 += UNROLL * threads;
+    }
+
+    let mut shared = SharedMemory::<f32>::new(threads);
+    shared[tid] = sum;
+    sync_cube();
+    let mut half = CUBE_DIM_X as usize / 2;
+    while half > 0 {
+        if tid < half {
+            shared[tid] += shared[tid + half];
+        }
+        sync_cube();
+        half /= 2;
+    }
+    let inv = 1.0 / f32::sqrt(shared[0] / f32::cast_from(cols) + eps);
+
+    let (bo, so) = (bi * out.stride(0) + t * out.stride(1), out.stride(2));
+    let mut j0 = tid;
+    while j0 < cols {
+        #[unroll]
+        for u in 0..UNROLL {
+            let j = j0 + u * threads;
+            if j < cols {
+                // Each thread reads back only the stream values it wrote itself.
+                let v = f32::cast_from(R::cast_from(sum_out[bs + j * ss]));
+                let normed = f32::cast_from(R::cast_from(v * inv));
+                if has_weight {
+                    out[bo + j * so] = O::cast_from(normed * f32::cast_from(weight[j * weight.stride(0)]));
+                } else {
+                    out[bo + j * so] = O::cast_from(normed);
                 }
             }
         }

@@ -274,12 +274,18 @@ pub fn scan_block<F: Float, P: Float, W: Float, S: Float>(
 /// writes the gated output and the final state. Used for the decode step (one launch per layer) and
 /// sequences too short to fill a [`scan_block`] tile.
 ///
+/// With `project`, `delta` is the low-rank `dt` (`[b, l, R]`) and each thread first forms its own
+/// channel's `delta_t[d] = round_F(Σ_r dt_t[r] · dt_w[r, d])` (dt_proj without its bias, f32
+/// accumulation, rounded to the activation dtype as the separate product would be): the decode step
+/// then needs no dt_proj launch. `dt_w` is dt_proj's weight `[R, I]` (unused otherwise).
+///
 /// Grid: x = channel tiles, y = batch.
 #[cube(launch_unchecked, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 #[allow(clippy::too_many_arguments)]
 pub fn scan_sequential<F: Float, P: Float, W: Float, S: Float>(
     u: &Tensor<F>,
     delta: &Tensor<F>,
+    dt_w: &Tensor<F>,
     delta_bias: &Tensor<W>,
     a_log: &Tensor<W>,
     b: &Tensor<P>,
@@ -290,6 +296,7 @@ pub fn scan_sequential<F: Float, P: Float, W: Float, S: Float>(
     out: &mut Tensor<F>,
     state_out: &mut Tensor<S>,
     #[comptime] n_state: usize,
+    #[comptime] project: bool,
     #[define(F, P, W, S)] _dtypes: [StorageType; 4],
 ) {
     let d = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
@@ -318,9 +325,24 @@ pub fn scan_sequential<F: Float, P: Float, W: Float, S: Float>(
     let base_o = bi * out.stride(0) + d * out.stride(2);
     let base_b = bi * b.stride(0);
     let base_c = bi * c_mat.stride(0);
+    // Projection: Δ's row t is `delta[bi, t, :]`, the weight column of channel d is `dt_w[:, d]`.
+    let (base_lr, slr, rank) = (bi * delta.stride(0), delta.stride(2), dt_w.shape(0));
+    let (base_w, sw) = (d * dt_w.stride(1), dt_w.stride(0));
     for t in 0..len {
         let x = f32::cast_from(u[base_u + t * su]);
-        let dt = softplus_f32(f32::cast_from(delta[base_dt + t * sdt]) + bias);
+        let mut raw = 0.0f32;
+        if project {
+            let row = base_lr + t * sdt;
+            let mut r = 0;
+            while r < rank {
+                raw += f32::cast_from(delta[row + r * slr]) * f32::cast_from(dt_w[base_w + r * sw]);
+                r += 1;
+            }
+            raw = f32::cast_from(F::cast_from(raw));
+        } else {
+            raw = f32::cast_from(delta[base_dt + t * sdt]);
+        }
+        let dt = softplus_f32(raw + bias);
         let du = dt * x;
         let row_b = base_b + t * sb;
         let row_c = base_c + t * sc;
