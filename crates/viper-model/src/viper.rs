@@ -109,18 +109,24 @@ impl<B: SsmBackend> ViperModel<B> {
         let ckpt = Checkpoint::open(dir)?;
         let load = LoadOptions { dtype: options.dtype };
         log::info!("loading {} from {}", config.llava.model_type, dir.display());
-        let language = match &config.language {
-            LanguageConfig::FalconMamba(c) => {
-                Language::FalconMamba(FalconMambaForCausalLM::load(c, &ckpt, load, device)?)
-            }
-            LanguageConfig::Jamba(c) => Language::Jamba(JambaForCausalLM::load(c, &ckpt, load, device)?),
-        };
-        let (vision, processor) = if config.is_multimodal() {
-            let (v, p) = load_vision(&config, dir, &ckpt, &options, device)?;
-            (Some(v), Some(p))
-        } else {
-            (None, None)
-        };
+        // The weights go to the backend's persistent memory pool: on CubeCL backends, allocations of
+        // the step's intermediates otherwise scan pools that also hold hundreds of small weight
+        // tensors, which cost decode ~30 % of its speed (BENCHMARKS.md, call 6).
+        let (language, vision, processor) = B::memory_persistent_allocations(device, (), |()| -> Result<_> {
+            let language = match &config.language {
+                LanguageConfig::FalconMamba(c) => {
+                    Language::FalconMamba(FalconMambaForCausalLM::load(c, &ckpt, load, device)?)
+                }
+                LanguageConfig::Jamba(c) => Language::Jamba(JambaForCausalLM::load(c, &ckpt, load, device)?),
+            };
+            let (vision, processor) = if config.is_multimodal() {
+                let (v, p) = load_vision(&config, dir, &ckpt, &options, device)?;
+                (Some(v), Some(p))
+            } else {
+                (None, None)
+            };
+            Ok((language, vision, processor))
+        })?;
         // Upstream ignores a frozen tower's copy in the checkpoint; a loaded tower skips its later layers.
         let tower = vision.as_ref().map(|v| &v.vision_tower);
         let frozen = !config.llava.unfreeze_mm_vision_tower;

@@ -219,7 +219,13 @@ fn model_bench<B: SsmBackend>(
     report: &mut String,
 ) {
     let t = Instant::now();
-    let m = model::<B>(layers, dev);
+    // Weights in the backend's persistent memory pool, as `ViperModel::load` puts them;
+    // `VIPER_BENCH_PERSISTENT=0` leaves them in the dynamic pools (session 3's run C).
+    let m = if std::env::var("VIPER_BENCH_PERSISTENT").is_ok_and(|v| v == "0") {
+        model::<B>(layers, dev)
+    } else {
+        B::memory_persistent_allocations(dev, layers, |l| model::<B>(l, dev))
+    };
     sync::<B>(dev);
     println!("[{name}] model built in {:.1} s", t.elapsed().as_secs_f64());
     let prefill_lengths: &[usize] = if !prefill {
