@@ -433,12 +433,14 @@ mod fusion_impl {
         }
     }
 
+    /// `rms_norm`, or with `split` `rms_norm_split` (three outputs).
     #[derive(Debug)]
     struct NormOp<B> {
         desc: CustomOpIr,
         eps: f64,
         dtype: burn::tensor::DType,
         segments: [usize; 2],
+        split: bool,
         _b: PhantomData<B>,
     }
 
@@ -452,31 +454,12 @@ mod fusion_impl {
                 dtype: self.dtype,
                 segments: self.segments,
             };
-            put(h, &self.desc.outputs[0], B::rms_norm(input));
-        }
-    }
-
-    #[derive(Debug)]
-    struct NormSplitOp<B> {
-        desc: CustomOpIr,
-        eps: f64,
-        dtype: burn::tensor::DType,
-        segments: [usize; 2],
-        _b: PhantomData<B>,
-    }
-
-    impl<B: FusionBackend + SsmBackend> Operation<B::FusionRuntime> for NormSplitOp<B> {
-        fn execute(&self, h: &mut Handles<B>) {
-            let ins = &self.desc.inputs;
-            let input = RmsNormInput::<B> {
-                x: get(h, &ins[0]),
-                weight: ins.get(1).map(|w| get(h, w)),
-                eps: self.eps,
-                dtype: self.dtype,
-                segments: self.segments,
-            };
-            for (ir, t) in self.desc.outputs.iter().zip(B::rms_norm_split(input)) {
-                put(h, ir, t);
+            if self.split {
+                for (ir, t) in self.desc.outputs.iter().zip(B::rms_norm_split(input)) {
+                    put(h, ir, t);
+                }
+            } else {
+                put(h, &self.desc.outputs[0], B::rms_norm(input));
             }
         }
     }
@@ -551,6 +534,7 @@ mod fusion_impl {
             eps,
             dtype,
             segments,
+            split: false,
             _b: PhantomData,
         });
         y
@@ -564,11 +548,12 @@ mod fusion_impl {
         let (eps, dtype) = (x.eps, x.dtype);
         let mut ins = vec![ft(x.x)];
         ins.extend(x.weight.map(ft));
-        register::<B, _, 3>("viper_rms_norm_split", ins, outs, |desc| NormSplitOp::<B> {
+        register::<B, _, 3>("viper_rms_norm_split", ins, outs, |desc| NormOp::<B> {
             desc,
             eps,
             dtype,
             segments: [s1, s2],
+            split: true,
             _b: PhantomData,
         })
     }

@@ -105,6 +105,21 @@ struct ScanData {
     state: Vec<f32>,
 }
 
+impl ScanData {
+    /// The values as stored: activations and parameters in `act`, the state in `state_dtype`.
+    fn rounded(&self, act: DType, state_dtype: DType) -> ScanData {
+        ScanData {
+            xz: round(&self.xz, act),
+            dbc: round(&self.dbc, act),
+            delta: round(&self.delta, act),
+            bias: round(&self.bias, act),
+            a_log: round(&self.a_log, act),
+            d: round(&self.d, act),
+            state: round(&self.state, state_dtype),
+        }
+    }
+}
+
 fn scan_data(c: &ScanCase, rng: &mut StdRng) -> ScanData {
     let ScanCase { b, l, i, n } = *c;
     let mut delta = draw(rng, b * l * i, -4.0, 1.0);
@@ -153,15 +168,7 @@ fn scan_case(c: ScanCase, act: DType, state_dtype: DType, decode: bool) {
     let (y, state) = (host(out.y), host(out.state));
 
     // The reference sees exactly the values the kernel read (rounded to the storage dtype).
-    let rx = ScanData {
-        xz: round(&x.xz, act),
-        dbc: round(&x.dbc, act),
-        delta: round(&x.delta, act),
-        bias: round(&x.bias, act),
-        a_log: round(&x.a_log, act),
-        d: round(&x.d, act),
-        state: round(&x.state, state_dtype),
-    };
+    let rx = x.rounded(act, state_dtype);
     let want = reference::selective_scan(scan_input::<R>(&c, &rx, DType::F32, DType::F32, &Default::default()));
     check("y", &y, &host(want.y), act);
     check("state", &state, &host(want.state), state_dtype);
@@ -182,15 +189,7 @@ fn scan_projected_case(c: ScanCase, rank: usize, act: DType) {
         K::selective_state_update_projected(input, tensor::<K, 2>(&w, [c.i, rank], dtype, &dev).transpose())
     };
     let out = run(act, &x);
-    let rx = ScanData {
-        xz: round(&x.xz, act),
-        dbc: round(&x.dbc, act),
-        delta: round(&x.delta, act),
-        bias: round(&x.bias, act),
-        a_log: round(&x.a_log, act),
-        d: round(&x.d, act),
-        state: round(&x.state, act),
-    };
+    let rx = x.rounded(act, act);
     let dev = Default::default();
     let mut input = scan_input::<R>(&c, &rx, DType::F32, DType::F32, &dev);
     input.delta = tensor(&dt, [c.b, c.l, rank], DType::F32, &dev);
