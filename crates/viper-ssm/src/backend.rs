@@ -70,6 +70,26 @@ pub struct RmsNormInput<B: Backend> {
     pub segments: [usize; 2],
 }
 
+/// The tensor-op body of [`SsmBackend::add_rms_norm`]: cast both to `stream`, add, then
+/// [`SsmBackend::rms_norm`]. Also the kernels' fallback where [`fused_add_norm_applies`] is false.
+fn add_then_norm<B: SsmBackend>(
+    input: RmsNormInput<B>,
+    y: Tensor<B, 3>,
+    stream: burn::tensor::DType,
+) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    let stream = burn::tensor::FloatDType::from(stream);
+    let s = input.x.clone().cast(stream) + y.cast(stream);
+    let out = B::rms_norm(RmsNormInput { x: s.clone(), ..input });
+    (s, out)
+}
+
+/// Whether the one-launch residual + norm kernel covers this call: one segment, `y` shaped like `x`.
+#[cfg(feature = "cube")]
+fn fused_add_norm_applies<B: Backend>(input: &RmsNormInput<B>, y: &Tensor<B, 3>) -> bool {
+    let d = input.x.dims()[2];
+    input.segments == [d, d] && y.dims() == input.x.dims()
+}
+
 impl<B: Backend> RmsNormInput<B> {
     /// The output dtype: `dtype`, or f32 when a weight of another dtype multiplies (PyTorch's promotion).
     pub fn out_dtype(&self) -> burn::tensor::DType {
@@ -149,10 +169,7 @@ pub trait SsmBackend: Backend {
         y: Tensor<Self, 3>,
         stream: burn::tensor::DType,
     ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
-        let stream = burn::tensor::FloatDType::from(stream);
-        let s = input.x.cast(stream) + y.cast(stream);
-        let out = Self::rms_norm(RmsNormInput { x: s.clone(), ..input });
-        (s, out)
+        add_then_norm(input, y, stream)
     }
 }
 
@@ -259,11 +276,8 @@ mod cube_impl {
         }
 
         fn add_rms_norm(x: RmsNormInput<Self>, y: Tensor<Self, 3>, stream: DType) -> Pair<Self> {
-            let d = x.x.dims()[2];
-            if x.segments != [d, d] || y.dims() != x.x.dims() {
-                let stream = FloatDType::from(stream);
-                let s = x.x.cast(stream) + y.cast(stream);
-                return (s.clone(), norm(RmsNormInput { x: s, ..x }));
+            if !super::fused_add_norm_applies(&x, &y) {
+                return super::add_then_norm(x, y, stream);
             }
             let out_dtype = x.out_dtype();
             let (s, out) =
@@ -563,11 +577,8 @@ mod fusion_impl {
         y: Tensor<Fusion<B>, 3>,
         stream: burn::tensor::DType,
     ) -> (Tensor<Fusion<B>, 3>, Tensor<Fusion<B>, 3>) {
-        let d = x.x.dims()[2];
-        if x.segments != [d, d] || y.dims() != x.x.dims() {
-            let st = burn::tensor::FloatDType::from(stream);
-            let s = x.x.cast(st) + y.cast(st);
-            return (s.clone(), norm(RmsNormInput { x: s, ..x }));
+        if !super::fused_add_norm_applies(&x, &y) {
+            return super::add_then_norm(x, y, stream);
         }
         let outs = [(x.x.shape(), stream), (x.x.shape(), x.out_dtype())];
         let (eps, dtype) = (x.eps, x.dtype);

@@ -44,16 +44,21 @@ impl<B: SsmBackend> RmsNorm<B> {
     /// normalises its f32 residual stream in the weight dtype). One [`SsmBackend::rms_norm`] launch.
     pub fn forward_as<const D: usize>(&self, x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
         let dims = x.dims();
+        B::rms_norm(self.input(x, dtype)).reshape(dims)
+    }
+
+    /// One norm of the rows of `x` (all leading dims flattened) in `dtype`.
+    fn input<const D: usize>(&self, x: Tensor<B, D>, dtype: DType) -> RmsNormInput<B> {
+        let dims = x.dims();
         let d = dims[D - 1];
         let rows: usize = dims[..D - 1].iter().product();
-        let input = RmsNormInput {
+        RmsNormInput {
             x: x.reshape([1, rows, d]),
             weight: Some(self.weight.val()),
             eps: self.eps,
             dtype,
             segments: [d, d],
-        };
-        B::rms_norm(input).reshape(dims)
+        }
     }
 
     /// The residual add fused with this norm: `s = h + y` in the `stream` dtype, then
@@ -67,16 +72,9 @@ impl<B: SsmBackend> RmsNorm<B> {
         dtype: DType,
     ) -> (Tensor<B, D>, Tensor<B, D>) {
         let dims = h.dims();
-        let d = dims[D - 1];
-        let rows: usize = dims[..D - 1].iter().product();
-        let input = RmsNormInput {
-            x: h.reshape([1, rows, d]),
-            weight: Some(self.weight.val()),
-            eps: self.eps,
-            dtype,
-            segments: [d, d],
-        };
-        let (s, out) = B::add_rms_norm(input, y.reshape([1, rows, d]), stream);
+        let input = self.input(h, dtype);
+        let y = y.reshape(input.x.dims());
+        let (s, out) = B::add_rms_norm(input, y, stream);
         (s.reshape(dims), out.reshape(dims))
     }
 }
