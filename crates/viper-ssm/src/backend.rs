@@ -40,6 +40,30 @@ pub struct ScanOutput<B: Backend> {
     pub state: Tensor<B, 3>,
 }
 
+/// Inputs of a FalconMamba decode step taken straight from x_proj's output (see
+/// [`SsmBackend::selective_state_update_dbc`]).
+#[derive(Debug, Clone)]
+pub struct StepInput<B: Backend> {
+    /// Conv output `u`, `[b, l, i]`.
+    pub u: Tensor<B, 3>,
+    /// x_proj's output `[dt | B | C]`, `[b, l, R + 2N]`, before FalconMamba's weightless norms.
+    pub dbc: Tensor<B, 3>,
+    /// Epsilon of those norms.
+    pub eps: f64,
+    /// dt_proj's weight as the loader lays it out, `[R, i]` (no bias).
+    pub dt_proj: Tensor<B, 2>,
+    /// `dt_proj.bias`, `[i]`, added before the softplus.
+    pub delta_bias: Tensor<B, 1>,
+    /// `A_log`, `[i, n]`.
+    pub a_log: Tensor<B, 2>,
+    /// D skip, `[i]`.
+    pub d: Tensor<B, 1>,
+    /// Gate z, `[b, l, i]`.
+    pub z: Tensor<B, 3>,
+    /// State before the step, `[b, i, n]`.
+    pub state: Tensor<B, 3>,
+}
+
 /// Inputs of the causal depthwise conv.
 #[derive(Debug, Clone)]
 pub struct ConvInput<B: Backend> {
@@ -81,6 +105,20 @@ fn add_then_norm<B: SsmBackend>(
     let s = input.x.clone().cast(stream) + y.cast(stream);
     let out = B::rms_norm(RmsNormInput { x: s.clone(), ..input });
     (s, out)
+}
+
+/// The tensor-op body of [`SsmBackend::selective_state_update_dbc`], also the kernels' fallback.
+fn step_from_dbc<B: SsmBackend>(x: StepInput<B>) -> ScanOutput<B> {
+    let n = x.a_log.dims()[1];
+    let width = x.dbc.dims()[2];
+    let r = width.saturating_sub(2 * n);
+    let dtype = x.dbc.dtype();
+    let [dt, b, c] =
+        B::rms_norm_split(RmsNormInput { x: x.dbc, weight: None, eps: x.eps, dtype, segments: [r, r + n] });
+    let dt = dt.cast(burn::tensor::FloatDType::from(x.dt_proj.dtype()));
+    let scan =
+        ScanInput { u: x.u, delta: dt, delta_bias: x.delta_bias, a_log: x.a_log, b, c, d: x.d, z: x.z, state: x.state };
+    B::selective_state_update_projected(scan, x.dt_proj)
 }
 
 /// Whether the one-launch residual + norm kernel covers this call: one segment, `y` shaped like `x`.
@@ -125,6 +163,15 @@ pub trait SsmBackend: Backend {
     fn selective_state_update_projected(input: ScanInput<Self>, dt_proj: Tensor<Self, 2>) -> ScanOutput<Self> {
         let delta = Self::projection(input.delta.clone(), dt_proj, None);
         Self::selective_state_update(ScanInput { delta, ..input })
+    }
+
+    /// A FalconMamba decode step from x_proj's output: the weightless RMS norms of dt, B and C
+    /// (rounded to `dbc`'s dtype), dt_proj, and the scan step, i.e.
+    /// [`rms_norm_split`](Self::rms_norm_split) then
+    /// [`selective_state_update_projected`](Self::selective_state_update_projected). CubeCL backends run
+    /// it as one launch.
+    fn selective_state_update_dbc(input: StepInput<Self>) -> ScanOutput<Self> {
+        step_from_dbc(input)
     }
 
     /// Causal conv + SiLU over a sequence; returns the output and the new window.
@@ -194,7 +241,7 @@ mod cube_impl {
     use burn::tensor::{DType, FloatDType, TensorPrimitive};
     use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-    use super::{ConvInput, RmsNormInput, ScanInput, ScanOutput, SsmBackend};
+    use super::{ConvInput, RmsNormInput, ScanInput, ScanOutput, SsmBackend, StepInput};
     use crate::kernels;
 
     /// The conv's (output, new window).
@@ -334,6 +381,28 @@ mod cube_impl {
             }
         }
 
+        fn selective_state_update_dbc(x: StepInput<Self>) -> ScanOutput<Self> {
+            let n_state = x.a_log.dims()[1];
+            let (u, dbc, w) = (prim(x.u.clone()), prim(x.dbc.clone()), prim(x.dt_proj.clone()));
+            let z = prim(like(x.z.clone(), x.u.dtype()));
+            if !kernels::step_dbc_applies(&u, &z, &dbc, &w, n_state) {
+                return super::step_from_dbc(x);
+            }
+            let wt = x.a_log.dtype();
+            let t = kernels::StepTensors {
+                u,
+                dbc,
+                dt_w: w,
+                delta_bias: prim(like(x.delta_bias, wt)),
+                a_log: prim(x.a_log),
+                d: prim(like(x.d, wt)),
+                z,
+                state: prim(x.state),
+            };
+            let (y, state) = kernels::scan_step_dbc(t, x.eps);
+            ScanOutput { y: wrap(y), state: wrap(state) }
+        }
+
         fn causal_conv1d(input: ConvInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
             conv(input)
         }
@@ -356,7 +425,7 @@ mod fusion_impl {
     use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
     use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
-    use super::{ConvInput, RmsNormInput, ScanInput, ScanOutput, SsmBackend};
+    use super::{ConvInput, RmsNormInput, ScanInput, ScanOutput, SsmBackend, StepInput};
 
     type Handles<B> = HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
 
@@ -421,6 +490,33 @@ mod fusion_impl {
             };
             put(h, y_out, out.y);
             put(h, state_out, out.state);
+        }
+    }
+
+    #[derive(Debug)]
+    struct StepOp<B> {
+        desc: CustomOpIr,
+        eps: f64,
+        _b: PhantomData<B>,
+    }
+
+    impl<B: FusionBackend + SsmBackend> Operation<B::FusionRuntime> for StepOp<B> {
+        fn execute(&self, h: &mut Handles<B>) {
+            let ins = &self.desc.inputs;
+            let input = StepInput::<B> {
+                u: get(h, &ins[0]),
+                dbc: get(h, &ins[1]),
+                eps: self.eps,
+                dt_proj: get(h, &ins[2]),
+                delta_bias: get(h, &ins[3]),
+                a_log: get(h, &ins[4]),
+                d: get(h, &ins[5]),
+                z: get(h, &ins[6]),
+                state: get(h, &ins[7]),
+            };
+            let out = B::selective_state_update_dbc(input);
+            put(h, &self.desc.outputs[0], out.y);
+            put(h, &self.desc.outputs[1], out.state);
         }
     }
 
@@ -656,6 +752,19 @@ mod fusion_impl {
 
         fn selective_state_update_projected(input: ScanInput<Self>, dt_proj: Tensor<Self, 2>) -> ScanOutput<Self> {
             scan(input, true, Some(dt_proj))
+        }
+
+        fn selective_state_update_dbc(x: StepInput<Self>) -> ScanOutput<Self> {
+            let outs = [(x.u.shape(), x.u.dtype()), (x.state.shape(), x.state.dtype())];
+            let eps = x.eps;
+            let ins =
+                vec![ft(x.u), ft(x.dbc), ft(x.dt_proj), ft(x.delta_bias), ft(x.a_log), ft(x.d), ft(x.z), ft(x.state)];
+            let [y, state] = register::<B, _, 2>("viper_scan_step_dbc", ins, outs, |desc| StepOp::<B> {
+                desc,
+                eps,
+                _b: PhantomData,
+            });
+            ScanOutput { y, state }
         }
 
         fn causal_conv1d(input: ConvInput<Self>) -> (Tensor<Self, 3>, Tensor<Self, 3>) {

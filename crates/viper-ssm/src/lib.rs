@@ -13,7 +13,7 @@ pub mod mixer;
 pub mod norm;
 pub mod reference;
 
-pub use backend::{linear, ConvInput, RmsNormInput, ScanInput, ScanOutput, SsmBackend};
+pub use backend::{linear, ConvInput, RmsNormInput, ScanInput, ScanOutput, SsmBackend, StepInput};
 pub use config::{AutoSize, ConfigError, MambaConfig, MambaVariant};
 pub use mixer::{DtBcNorms, MambaMixer, MambaState};
 pub use norm::{rms, RmsNorm};

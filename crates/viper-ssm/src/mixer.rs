@@ -7,7 +7,7 @@ use burn::nn::Linear;
 use burn::prelude::*;
 use viper_checkpoint::{Result, Weights};
 
-use crate::backend::{linear, ConvInput, RmsNormInput, ScanInput, SsmBackend};
+use crate::backend::{linear, ConvInput, RmsNormInput, ScanInput, SsmBackend, StepInput};
 use crate::config::{MambaConfig, MambaVariant};
 use crate::norm::RmsNorm;
 
@@ -181,6 +181,23 @@ impl<B: SsmBackend> MambaMixer<B> {
 
         // 3. x_proj → dt | B | C, normalised per variant.
         let dbc = linear(&self.x_proj, u.clone()); // (b, l, R + 2N)
+                                                   // FalconMamba's decode step: the dt/B/C norms, dt_proj and the scan step are one backend op.
+        if let (true, None, None, MambaVariant::FalconMamba { rms_eps }) =
+            (single, &self.norms, &self.dt_proj.bias, c.variant)
+        {
+            let out = B::selective_state_update_dbc(StepInput {
+                u,
+                dbc,
+                eps: rms_eps,
+                dt_proj: self.dt_proj.weight.val(),
+                delta_bias: self.dt_bias.val(),
+                a_log: self.a_log.val(),
+                d: self.d.val(),
+                z,
+                state: state.ssm,
+            });
+            return (linear(&self.out_proj, out.y), MambaState { conv: conv_state, ssm: out.state });
+        }
         let (r, n) = (c.dt_rank, c.d_state);
         let (dt, bm, cm) = match (&self.norms, c.variant) {
             (Some(nm), _) => (

@@ -14,7 +14,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, FloatDType, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use viper_ssm::{reference, ConvInput, ScanInput, SsmBackend};
+use viper_ssm::{reference, ConvInput, ScanInput, SsmBackend, StepInput};
 
 #[cfg(feature = "cuda")]
 type K = burn::backend::Cuda;
@@ -199,6 +199,74 @@ fn scan_projected_case(c: ScanCase, rank: usize, act: DType) {
     check("state (dt_proj folded)", &host(out.state), &host(want.state), act);
 }
 
+/// A FalconMamba decode step from x_proj's raw output (`selective_state_update_dbc`: dt/B/C norms,
+/// dt_proj and the scan step in one launch). Against its default body on the f32 reference backend;
+/// in 16-bit also against the same body on the kernel backend (the split norm and the projected scan
+/// step, each checked above), which rounds dt', B', C' and Δ where the fused kernel does: there the
+/// two may differ only by f32 summation order.
+fn scan_dbc_case(c: ScanCase, rank: usize, act: DType) {
+    let mut rng = rng(&format!("scan step from dbc b={} l={} i={} n={} rank={rank} {act:?}", c.b, c.l, c.i, c.n));
+    let x = scan_data(&c, &mut rng);
+    let width = rank + 2 * c.n;
+    let dbc = round(&draw(&mut rng, c.b * c.l * width, -1.5, 1.5), act);
+    let w = round(&draw(&mut rng, c.i * rank, -0.4, 0.4), act);
+    fn input<B: Backend>(
+        c: &ScanCase,
+        x: &ScanData,
+        dbc: &[f32],
+        w: &[f32],
+        rank: usize,
+        dtype: DType,
+    ) -> StepInput<B> {
+        let dev = Default::default();
+        let s = scan_input::<B>(c, x, dtype, dtype, &dev);
+        StepInput {
+            u: s.u,
+            dbc: tensor(dbc, [c.b, c.l, rank + 2 * c.n], dtype, &dev),
+            eps: 1e-6,
+            dt_proj: tensor::<B, 2>(w, [c.i, rank], dtype, &dev).transpose(),
+            delta_bias: s.delta_bias,
+            a_log: s.a_log,
+            d: s.d,
+            z: s.z,
+            state: s.state,
+        }
+    }
+    let out = K::selective_state_update_dbc(input::<K>(&c, &x, &dbc, &w, rank, act));
+    let (y, state) = (host(out.y), host(out.state));
+    if act == DType::F32 {
+        let want = R::selective_state_update_dbc(input::<R>(&c, &x, &dbc, &w, rank, DType::F32));
+        check("y (step from dbc)", &y, &host(want.y), act);
+        check("state (step from dbc)", &state, &host(want.state), act);
+        return;
+    }
+    let s = input::<K>(&c, &x, &dbc, &w, rank, act);
+    let [dt, b, cm] = K::rms_norm_split(viper_ssm::RmsNormInput {
+        x: s.dbc,
+        weight: None,
+        eps: s.eps,
+        dtype: act,
+        segments: [rank, rank + c.n],
+    });
+    let scan = ScanInput {
+        u: s.u,
+        delta: dt,
+        delta_bias: s.delta_bias,
+        a_log: s.a_log,
+        b,
+        c: cm,
+        d: s.d,
+        z: s.z,
+        state: s.state,
+    };
+    let want = K::selective_state_update_projected(scan, s.dt_proj);
+    // Summation order alone can flip a rounding of Δ or of the output: at most one unit in the last
+    // place of the storage dtype, relative.
+    let tol = if act == DType::F16 { 2f64.powi(-11) } else { 2f64.powi(-8) };
+    check_bound("y (step from dbc, vs unfused on the kernel backend)", &y, &host(want.y), tol);
+    check_bound("state (step from dbc, vs unfused on the kernel backend)", &state, &host(want.state), tol);
+}
+
 fn conv_case(b: usize, l: usize, i: usize, k: usize, bias: bool, dtype: DType) {
     let mut rng = rng(&format!("conv b={b} l={l} i={i} k={k} bias={bias} {dtype:?}"));
     let xz = round(&draw(&mut rng, b * l * 2 * i, -2.0, 2.0), dtype);
@@ -245,6 +313,10 @@ fn scan_f32() {
     scan_case(ScanCase { b: 3, l: 1, i: 37, n: 16 }, DType::F32, DType::F32, true);
     // Decode step with dt_proj folded in (odd rank and width, batch 2).
     scan_projected_case(ScanCase { b: 2, l: 1, i: 37, n: 16 }, 13, DType::F32);
+    // FalconMamba's step from x_proj's output: odd rank (not a multiple of the 8 rows), a partial cube,
+    // batch 2; and 3 steps in one launch.
+    scan_dbc_case(ScanCase { b: 2, l: 1, i: 37, n: 16 }, 13, DType::F32);
+    scan_dbc_case(ScanCase { b: 1, l: 3, i: 70, n: 16 }, 40, DType::F32);
 }
 
 #[test]
@@ -266,6 +338,7 @@ fn scan_conv_bf16() {
     scan_case(ScanCase { b: 2, l: 70, i: 37, n: 16 }, DType::BF16, DType::F32, false);
     scan_case(ScanCase { b: 2, l: 1, i: 64, n: 16 }, DType::BF16, DType::BF16, true);
     scan_projected_case(ScanCase { b: 1, l: 1, i: 300, n: 16 }, 256, DType::BF16);
+    scan_dbc_case(ScanCase { b: 2, l: 1, i: 300, n: 16 }, 256, DType::BF16);
     conv_case(2, 9, 37, 4, true, DType::BF16);
     conv_case(2, 1, 37, 4, true, DType::BF16);
 }

@@ -28,7 +28,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, Distribution, FloatDType};
 use viper_model::falcon_mamba::{FalconMambaBlock, FalconMambaModel};
 use viper_model::{FalconMambaCache, FalconMambaConfig, FalconMambaForCausalLM, LanguageModel, Logits};
-use viper_ssm::{ConvInput, MambaMixer, RmsNorm, ScanInput, SsmBackend};
+use viper_ssm::{ConvInput, MambaMixer, RmsNorm, ScanInput, SsmBackend, StepInput};
 
 type Plain = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, half::bf16, i32, u8>;
 type Default_ = burn::backend::Cuda<half::bf16>;
@@ -402,7 +402,6 @@ fn matmul_table(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
 /// `--host`: the host's cost of each op of a decode step, queued onto an idle GPU (20 calls after a
 /// sync, median of 5 such batches, per call), on the plain backend at falcon-mamba-7b's shapes.
 fn host_table(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
-    use viper_ssm::RmsNormInput;
     type B = Plain;
     let per_call = |f: &mut dyn FnMut()| -> f64 {
         let mut v: Vec<f64> = (0..5)
@@ -428,10 +427,19 @@ fn host_table(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
     let w_out = linear::<B>(D_INNER, D_MODEL, dev);
     let w_dt = linear::<B>(256, D_INNER, dev);
     let u = rand::<B, 3>([1, 1, D_INNER], -1.0, 1.0, DType::BF16, dev);
-    let dbc = rand::<B, 3>([1, 1, 288], -1.0, 1.0, DType::BF16, dev);
     let nw = norm::<B>(D_MODEL, 1e-5, dev);
-    let mut scan = scan_inputs::<B>(1, DType::BF16, dev);
-    scan.delta = rand([1, 1, 256], -1.0, 1.0, DType::BF16, dev);
+    let scan = scan_inputs::<B>(1, DType::BF16, dev);
+    let step = StepInput {
+        u: scan.u,
+        dbc: rand::<B, 3>([1, 1, 288], -1.0, 1.0, DType::BF16, dev),
+        eps: 1e-6,
+        dt_proj: w_dt.weight.val(),
+        delta_bias: scan.delta_bias,
+        a_log: scan.a_log,
+        d: scan.d,
+        z: scan.z,
+        state: scan.state,
+    };
     let conv = ConvInput {
         x: u.clone(),
         window: rand([1, 4, D_INNER], -1.0, 1.0, DType::BF16, dev),
@@ -453,20 +461,8 @@ fn host_table(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
         ("conv update", per_call(&mut || drop(B::causal_conv1d_update(conv.clone())))),
         ("x_proj GEMV", per_call(&mut || drop(viper_ssm::linear(&w_x, u.clone())))),
         (
-            "dt/B/C norm, split",
-            per_call(&mut || {
-                drop(B::rms_norm_split(RmsNormInput {
-                    x: dbc.clone(),
-                    weight: None,
-                    eps: 1e-6,
-                    dtype: DType::BF16,
-                    segments: [256, 272],
-                }))
-            }),
-        ),
-        (
-            "scan step with dt_proj folded",
-            per_call(&mut || drop(B::selective_state_update_projected(scan.clone(), w_dt.weight.val()))),
+            "FalconMamba step from x_proj's output (dt/B/C norms, dt_proj, scan)",
+            per_call(&mut || drop(B::selective_state_update_dbc(step.clone()))),
         ),
         ("out_proj GEMV", per_call(&mut || drop(viper_ssm::linear(&w_out, u.clone())))),
     ];
@@ -481,9 +477,88 @@ fn host_table(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
         println!("{line}");
         writeln!(report, "{line}").unwrap();
     }
-    let line = format!("| sum of the 7 launches of a layer | {:.1} µs |", total * 1e6);
+    let line = format!("| sum of the 6 launches of a layer | {:.1} µs |", total * 1e6);
     println!("{line}");
     writeln!(report, "{line}").unwrap();
+}
+
+/// `--profile-host STEPS` (feature `pprof`): samples every thread of the process (SIGPROF, 4 kHz) while
+/// the plain backend queues `STEPS` decode steps with the ids kept on the device, and writes per
+/// thread the functions with the most samples, inclusive and self, to `--out`.
+#[cfg(feature = "pprof")]
+fn host_profile(dev: &cubecl::cuda::CudaDevice, layers: usize, steps: usize, report: &mut String) {
+    use std::collections::{HashMap, HashSet};
+    type B = Plain;
+    let m = B::memory_persistent_allocations(dev, (), |_| model::<B>(layers, dev));
+    let prompt = Tensor::<B, 2, Int>::from_data(TensorData::new((1..=32i64).collect::<Vec<_>>(), [1, 32]), dev);
+    let run = |steps: usize| {
+        let mut cache: FalconMambaCache<B> = m.new_cache(1);
+        let logits = m.forward(m.embed(prompt.clone()), &mut cache, Logits::Last);
+        let mut next = logits.argmax(2).reshape([1, 1]);
+        sync::<B>(dev);
+        let t = Instant::now();
+        for _ in 0..steps {
+            let logits = m.forward(m.embed(next), &mut cache, Logits::Last);
+            next = logits.argmax(2).reshape([1, 1]);
+        }
+        let queued = t.elapsed().as_secs_f64();
+        sync::<B>(dev);
+        (queued, t.elapsed().as_secs_f64())
+    };
+    run(4);
+    let guard = pprof::ProfilerGuardBuilder::default()
+        .frequency(4000)
+        .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+        .build()
+        .expect("profiler");
+    let (queued, total) = run(steps);
+    let rep = guard.report().build().expect("profile report");
+    writeln!(
+        report,
+        "host profile: {steps} decode steps, queued in {:.2} ms/step, done in {:.2} ms/step\n",
+        queued * 1e3 / steps as f64,
+        total * 1e3 / steps as f64
+    )
+    .unwrap();
+    /// A thread's samples, and samples per function: inclusive, and as the leaf (self).
+    #[derive(Default)]
+    struct Counts {
+        total: isize,
+        incl: HashMap<String, isize>,
+        leaf: HashMap<String, isize>,
+    }
+    let mut threads: HashMap<String, Counts> = HashMap::new();
+    for (frames, &count) in &rep.data {
+        let t = threads.entry(frames.thread_name_or_id()).or_default();
+        t.total += count;
+        let names: Vec<String> = frames.frames.iter().flatten().map(|s| s.name()).collect();
+        if let Some(leaf) = names.first() {
+            *t.leaf.entry(leaf.clone()).or_default() += count;
+        }
+        let mut seen = HashSet::new();
+        for n in names {
+            if seen.insert(n.clone()) {
+                *t.incl.entry(n).or_default() += count;
+            }
+        }
+    }
+    let mut threads: Vec<_> = threads.into_iter().collect();
+    threads.sort_by_key(|t| -t.1.total);
+    let short = |s: &str| s.chars().take(160).collect::<String>();
+    for (name, Counts { total, incl, leaf: selfs }) in threads.iter().take(4) {
+        writeln!(report, "## thread {name}: {total} samples\n### inclusive").unwrap();
+        let mut v: Vec<_> = incl.iter().collect();
+        v.sort_by_key(|e| -e.1);
+        for (f, c) in v.into_iter().take(70) {
+            writeln!(report, "{:5.1}% {}", 100.0 * *c as f64 / *total as f64, short(f)).unwrap();
+        }
+        writeln!(report, "### self").unwrap();
+        let mut v: Vec<_> = selfs.iter().collect();
+        v.sort_by_key(|e| -e.1);
+        for (f, c) in v.into_iter().take(40) {
+            writeln!(report, "{:5.1}% {}", 100.0 * *c as f64 / *total as f64, short(f)).unwrap();
+        }
+    }
 }
 
 fn gpu_name() -> String {
@@ -523,6 +598,12 @@ fn main() {
             let logits = m.forward(m.embed(ids.clone()), &mut cache, Logits::Last);
             let _ = logits.argmax(2).into_data();
         }
+        return;
+    }
+    #[cfg(feature = "pprof")]
+    if let Some(steps) = arg("--profile-host").and_then(|v| v.parse::<usize>().ok()) {
+        host_profile(&dev, layers, steps, &mut report);
+        std::fs::write(&out, &report).expect("write report");
         return;
     }
     if args.iter().any(|a| a == "--host") {

@@ -19,57 +19,97 @@ use cubecl::prelude::*;
 /// keeps the unrolled run short while cutting the per-thread setup (taps, strides) to 1/16 per output.
 pub const CONV_RUN: usize = 16;
 
+/// Sizes and strides (in elements) of a [`causal_conv1d_kernel`] launch; every operand is unit-stride
+/// over channels except the taps, whose channel stride is `t_d` (the bias is contiguous).
+#[derive(CubeType, CubeLaunch, Clone, Copy)]
+pub struct ConvDims {
+    /// Positions (`L`).
+    pub len: usize,
+    /// Channels (`I`).
+    pub d_inner: usize,
+    /// `x` stride over `b`.
+    pub x_b: usize,
+    /// `x` stride over positions.
+    pub x_l: usize,
+    /// Window stride over `b`.
+    pub w_b: usize,
+    /// Window stride over its K slots.
+    pub w_k: usize,
+    /// Taps stride over channels.
+    pub t_d: usize,
+    /// Taps stride over the K taps.
+    pub t_k: usize,
+    /// `out` stride over `b`.
+    pub o_b: usize,
+    /// `out` stride over positions.
+    pub o_l: usize,
+    /// New window stride over `b`.
+    pub n_b: usize,
+    /// New window stride over its K slots.
+    pub n_k: usize,
+}
+
 /// `full[p]` for `p` in `0 .. K + L` of one (batch, channel): the window first, then `x`.
 #[cube]
-fn full_at<F: Float>(x: &Tensor<F>, window: &Tensor<F>, base_x: usize, base_w: usize, p: usize, k: usize) -> f32 {
+fn full_at<F: Float>(
+    x: &Array<F>,
+    window: &Array<F>,
+    dims: &ConvDims,
+    base_x: usize,
+    base_w: usize,
+    p: usize,
+    k: usize,
+) -> f32 {
     if p < k {
-        f32::cast_from(window[base_w + p * window.stride(1)])
+        f32::cast_from(window[base_w + p * dims.w_k])
     } else {
-        f32::cast_from(x[base_x + (p - k) * x.stride(1)])
+        f32::cast_from(x[base_x + (p - k) * dims.x_l])
     }
 }
 
+/// Arrays and scalar strides rather than tensors: see [`gemv_kernel`](super::gemv::gemv_kernel).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn causal_conv1d_kernel<F: Float, W: Float>(
-    x: &Tensor<F>,
-    window: &Tensor<F>,
-    weight: &Tensor<W>,
-    bias: &Tensor<W>,
-    out: &mut Tensor<F>,
-    window_out: &mut Tensor<F>,
+    x: &Array<F>,
+    window: &Array<F>,
+    weight: &Array<W>,
+    bias: &Array<W>,
+    out: &mut Array<F>,
+    window_out: &mut Array<F>,
+    dims: ConvDims,
     #[comptime] k: usize,
     #[comptime] has_bias: bool,
     #[define(F, W)] _dtypes: [StorageType; 2],
 ) {
-    let n_inner = x.shape(2);
-    let len = x.shape(1);
+    let n_inner = dims.d_inner;
+    let len = dims.len;
     let d = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
     let bi = CUBE_POS_Z as usize;
     if d >= n_inner {
         terminate!();
     }
-    let base_x = bi * x.stride(0) + d * x.stride(2);
-    let base_w = bi * window.stride(0) + d * window.stride(2);
-    let base_o = bi * out.stride(0) + d * out.stride(2);
-    let so = out.stride(1);
+    let base_x = bi * dims.x_b + d;
+    let base_w = bi * dims.w_b + d;
+    let base_o = bi * dims.o_b + d;
+    let so = dims.o_l;
 
     let mut taps = Array::<f32>::new(k);
     #[unroll]
     for j in 0..k {
-        taps[j] = f32::cast_from(weight[d * weight.stride(0) + j * weight.stride(1)]);
+        taps[j] = f32::cast_from(weight[d * dims.t_d + j * dims.t_k]);
     }
     let mut b0 = 0.0f32;
     if has_bias {
-        b0 = f32::cast_from(bias[d * bias.stride(0)]);
+        b0 = f32::cast_from(bias[d]);
     }
 
     // The new window: the last K entries of `full`.
     if CUBE_POS_Y == 0 {
         #[unroll]
         for j in 0..k {
-            window_out[bi * window_out.stride(0) + j * window_out.stride(1) + d * window_out.stride(2)] =
-                F::cast_from(full_at::<F>(x, window, base_x, base_w, len + j, k));
+            window_out[bi * dims.n_b + j * dims.n_k + d] =
+                F::cast_from(full_at::<F>(x, window, &dims, base_x, base_w, len + j, k));
         }
     }
 
@@ -84,7 +124,7 @@ pub fn causal_conv1d_kernel<F: Float, W: Float>(
         let mut win = Array::<f32>::new(k);
         #[unroll]
         for j in 0..k - 1 {
-            win[j + 1] = full_at::<F>(x, window, base_x, base_w, t0 + 1 + j, k);
+            win[j + 1] = full_at::<F>(x, window, &dims, base_x, base_w, t0 + 1 + j, k);
         }
         #[unroll]
         for r in 0..CONV_RUN {
@@ -95,7 +135,7 @@ pub fn causal_conv1d_kernel<F: Float, W: Float>(
                     win[j] = win[j + 1];
                 }
                 // full[t + K] is x[t].
-                win[k - 1] = f32::cast_from(x[base_x + t * x.stride(1)]);
+                win[k - 1] = f32::cast_from(x[base_x + t * dims.x_l]);
                 let mut acc = b0;
                 #[unroll]
                 for j in 0..k {

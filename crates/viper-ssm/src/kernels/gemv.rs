@@ -15,6 +15,32 @@
 
 use cubecl::prelude::*;
 
+/// Sizes and strides (in elements) of a [`gemv_kernel`] launch: `x` is `[b, l, k]`, the weight
+/// `[k, n]`, `out` a contiguous `[b, l, n]`, the bias contiguous.
+#[derive(CubeType, CubeLaunch, Clone, Copy)]
+pub struct GemvDims {
+    /// Positions per sequence (`l`).
+    pub len: usize,
+    /// Input features.
+    pub k: usize,
+    /// Output features.
+    pub n: usize,
+    /// `x` stride over `b`.
+    pub x_b: usize,
+    /// `x` stride over `l`.
+    pub x_l: usize,
+    /// `x` stride over `k`.
+    pub x_k: usize,
+    /// Weight stride over `k`.
+    pub w_k: usize,
+    /// Weight stride over `n`.
+    pub w_n: usize,
+    /// `out` stride over `b`.
+    pub o_b: usize,
+    /// `out` stride over `l`.
+    pub o_l: usize,
+}
+
 /// Input rows (batch × positions) at most: one accumulator per row lives in registers.
 pub const GEMV_MAX_ROWS: usize = 8;
 
@@ -33,13 +59,18 @@ const UNROLL: usize = 4;
 /// `out` is `[b, l, n]`. `x` and `weight` are read as `N`-wide vectors along `k` (16 bytes when the host
 /// finds `k`, the strides and the layout allow it, else 1): a warp's load is then 512 contiguous bytes
 /// instead of 64, which is what lets a few thousand warps keep HBM busy.
+///
+/// Buffers are plain arrays and every size and stride (in elements) a scalar argument (see [`GemvDims`]):
+/// CubeCL passes scalars in the launch's parameter block, whereas tensor arguments make it upload their
+/// shapes and strides to the device on every launch, which is most of a decode launch's host cost.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn gemv_kernel<F: Float, W: Float, N: Size>(
-    x: &Tensor<Vector<F, N>>,
-    weight: &Tensor<Vector<W, N>>,
-    bias: &Tensor<W>,
-    out: &mut Tensor<F>,
+    x: &Array<Vector<F, N>>,
+    weight: &Array<Vector<W, N>>,
+    bias: &Array<W>,
+    out: &mut Array<F>,
+    dims: GemvDims,
     #[comptime] rows: usize,
     #[comptime] split: usize,
     #[comptime] has_bias: bool,
@@ -51,22 +82,22 @@ pub fn gemv_kernel<F: Float, W: Float, N: Size>(
     let trow = UNIT_POS_Y as usize;
     let col = trow / split;
     let part = trow % split;
-    let n_out = out.shape(2);
+    let n_out = dims.n;
     // Vectors per column (the host checked that `N` divides `k`).
-    let k_vecs = weight.shape(0) / nv;
+    let k_vecs = dims.k / nv;
     let n_raw = CUBE_POS_X as usize * comptime!(GEMV_THREAD_ROWS as usize / split) + col;
     // Columns past the end compute on the last one (no early exit before the barriers) and store nothing.
     let n = usize::min(n_raw, n_out - 1);
-    let len = x.shape(1);
+    let len = dims.len;
     // Along `k` both are contiguous when `N > 1`; with `N = 1` the strides are honoured.
-    let (sw, sx) = (weight.stride(0), x.stride(2));
-    let base_w = n * weight.stride(1) / nv;
+    let (sw, sx) = (dims.w_k, dims.x_k);
+    let base_w = n * dims.w_n / nv;
 
     let mut base_x = Array::<usize>::new(rows);
     let mut acc = Array::<f32>::new(rows);
     #[unroll]
     for r in 0..rows {
-        base_x[r] = ((r / len) * x.stride(0) + (r % len) * x.stride(1)) / nv;
+        base_x[r] = ((r / len) * dims.x_b + (r % len) * dims.x_l) / nv;
         acc[r] = 0.0;
     }
 
@@ -116,7 +147,7 @@ pub fn gemv_kernel<F: Float, W: Float, N: Size>(
     if lane == 0 && part == 0 && n_raw < n_out {
         let mut b0 = 0.0f32;
         if has_bias {
-            b0 += f32::cast_from(bias[n * bias.stride(0)]);
+            b0 += f32::cast_from(bias[n]);
         }
         #[unroll]
         for r in 0..rows {
@@ -125,7 +156,7 @@ pub fn gemv_kernel<F: Float, W: Float, N: Size>(
             for p in 0..split {
                 sum += shared[r * stride_r + (trow + p) * lanes];
             }
-            let o = (r / len) * out.stride(0) + (r % len) * out.stride(1) + n * out.stride(2);
+            let o = (r / len) * dims.o_b + (r % len) * dims.o_l + n;
             out[o] = F::cast_from(sum + b0);
         }
     }

@@ -2,6 +2,10 @@
 //! wgpu): the selective scan ([`scan`]: a block scan for prefill, a sequential one for the decode
 //! step) and the causal depthwise conv ([`conv`]). This module is the host side: it picks the kernel
 //! and launch shape, allocates outputs and launches.
+//!
+//! The decode-step kernels take arrays plus scalar sizes and strides instead of tensors: CubeCL 0.10
+//! passes scalars in the launch's parameter block but uploads every tensor argument's shape and strides
+//! to the device per launch, and at batch 1 that host work, not the GPU, bounded decode.
 
 pub mod conv;
 pub mod gemv;
@@ -167,6 +171,115 @@ pub fn selective_scan_projected<R: CubeRuntime>(
     (out, state_out)
 }
 
+/// Whether [`scan_step_dbc`] covers a decode step of `u` (`[b, l, I]`) from the x_proj output `dbc`
+/// (`[b, l, R + 2N]`) with dt_proj weight `dt_w` (`[R, I]`): a short sequence, one activation dtype,
+/// `N` = `n_state`, a rank that fits shared memory, and the layouts the kernel indexes without
+/// strides (u, z and dbc contiguous along their last dim, dt_w along the rank, as the mixer and the
+/// loader produce them).
+pub fn step_dbc_applies<R: CubeRuntime>(
+    u: &CubeTensor<R>,
+    z: &CubeTensor<R>,
+    dbc: &CubeTensor<R>,
+    dt_w: &CubeTensor<R>,
+    n_state: usize,
+) -> bool {
+    /// Largest rank staged in shared memory (falcon-mamba-7b: 256).
+    const MAX_RANK: usize = 4096;
+    let [b, len, di] = dims3(u);
+    let [bd, ld, width] = dims3(dbc);
+    let (rank, wi) = (dt_w.shape()[0], dt_w.shape()[1]);
+    (1..=SCAN_SEQUENTIAL_MAX_LEN).contains(&len)
+        && (bd, ld) == (b, len)
+        && dims3(z) == [b, len, di]
+        && (1..=MAX_RANK).contains(&rank)
+        && width == rank + 2 * n_state
+        && wi == di
+        && dbc.dtype == u.dtype
+        && dt_w.dtype == u.dtype
+        && z.dtype == u.dtype
+        && u.meta.strides()[2] == 1
+        && z.meta.strides()[2] == 1
+        && dbc.meta.strides()[2] == 1
+        && dt_w.meta.strides()[0] == 1
+}
+
+/// The inputs of [`scan_step_dbc`] (shapes and dtypes as [`ScanTensors`], `dbc` x_proj's output,
+/// `dt_w` dt_proj's weight `[R, I]`).
+pub struct StepTensors<R: CubeRuntime> {
+    pub u: CubeTensor<R>,
+    pub dbc: CubeTensor<R>,
+    pub dt_w: CubeTensor<R>,
+    pub delta_bias: CubeTensor<R>,
+    pub a_log: CubeTensor<R>,
+    pub d: CubeTensor<R>,
+    pub z: CubeTensor<R>,
+    pub state: CubeTensor<R>,
+}
+
+/// A FalconMamba decode step from x_proj's output in one launch (see [`scan::scan_step_dbc`]); check
+/// [`step_dbc_applies`] first. Returns `(o [b, l, i], final state)` as [`selective_scan`].
+pub fn scan_step_dbc<R: CubeRuntime>(x: StepTensors<R>, eps: f64) -> (CubeTensor<R>, CubeTensor<R>) {
+    let [bsz, len, di] = dims3(&x.u);
+    let n_state = x.a_log.shape()[1];
+    let rank = x.dt_w.shape()[0];
+    assert!(x.d.dtype == x.a_log.dtype && x.delta_bias.dtype == x.a_log.dtype, "D and bias must have A_log's dtype");
+    let client = x.u.client.clone();
+    let device = x.u.device.clone();
+    let out = empty_device_dtype(client.clone(), device.clone(), x.u.shape(), x.u.dtype);
+    let state_out = empty_device_dtype(client.clone(), device, x.state.shape(), x.state.dtype);
+    let types = [st(x.u.dtype), st(x.a_log.dtype), st(x.state.dtype)];
+    // Rows of the parameters and states are addressed through their strides (the allocator may pitch
+    // rows); the last dim must be unit-stride.
+    let (a_log, state) = (unit_last(x.a_log), unit_last(x.state));
+    let (us, zs, xs) = (x.u.meta.strides(), x.z.meta.strides(), x.dbc.meta.strides());
+    let (os, ss, sos) = (out.meta.strides(), state.meta.strides(), state_out.meta.strides());
+    let dims = scan::StepDimsLaunch::new(
+        len,
+        di,
+        us[0],
+        us[1],
+        zs[0],
+        zs[1],
+        xs[0],
+        xs[1],
+        x.dt_w.meta.strides()[1],
+        a_log.meta.strides()[0],
+        ss[0],
+        ss[1],
+        os[0],
+        os[1],
+        sos[0],
+        sos[1],
+    );
+    // SAFETY: channels past the last are clamped to I − 1 for loads and store nothing; rank columns
+    // stay below R, dbc columns below R + 2N, steps below L and batches below the grid, through the
+    // strides passed (unit last strides checked by `step_dbc_applies` or made so here); shared memory
+    // is sized from the same comptime values.
+    unsafe {
+        scan::scan_step_dbc::launch_unchecked(
+            &client,
+            CubeCount::Static((di as u32).div_ceil(scan::STEP_LANES), bsz as u32, 1),
+            CubeDim::new_2d(scan::STEP_LANES, scan::STEP_ROWS),
+            x.u.into_array_arg(),
+            x.dbc.into_array_arg(),
+            x.dt_w.into_array_arg(),
+            contiguous(x.delta_bias).into_array_arg(),
+            a_log.into_array_arg(),
+            contiguous(x.d).into_array_arg(),
+            x.z.into_array_arg(),
+            state.into_array_arg(),
+            out.clone().into_array_arg(),
+            state_out.clone().into_array_arg(),
+            dims,
+            eps as f32,
+            rank,
+            n_state,
+            types,
+        )
+    };
+    (out, state_out)
+}
+
 /// Runs the causal conv + SiLU; returns `(out [b, l, i], new window [b, k, i])`, both in `x`'s dtype.
 /// `window` must have `x`'s dtype and `bias` (if any) `weight`'s.
 pub fn causal_conv1d<R: CubeRuntime>(
@@ -185,21 +298,27 @@ pub fn causal_conv1d<R: CubeRuntime>(
     let window_out = empty_device_dtype(client.clone(), device, window.shape(), x.dtype);
     let has_bias = bias.is_some();
     let (tf, tw) = (st(x.dtype), st(weight.dtype));
-    let bias = bias.unwrap_or_else(|| weight.clone());
+    let bias = bias.map(contiguous).unwrap_or_else(|| weight.clone());
     let runs = (len.div_ceil(conv::CONV_RUN) as u32).clamp(1, MAX_GRID_Y);
-    // SAFETY: the kernel guards every index it forms by the shapes it reads (channel bound, chunk and
-    // sequence ends), so the unchecked launch reads and writes only inside its tensors.
+    let (x, window) = (unit_last(x), unit_last(window));
+    let (xs, ws, ts) = (x.meta.strides(), window.meta.strides(), weight.meta.strides());
+    let (os, ns) = (out.meta.strides(), window_out.meta.strides());
+    let dims = conv::ConvDimsLaunch::new(len, di, xs[0], xs[1], ws[0], ws[1], ts[0], ts[1], os[0], os[1], ns[0], ns[1]);
+    // SAFETY: the kernel guards every index it forms by the sizes passed (channel bound, chunk and
+    // sequence ends) and addresses each operand through its strides (unit over channels: made so
+    // above or fresh), so the unchecked launch reads and writes only inside its tensors.
     unsafe {
         conv::causal_conv1d_kernel::launch_unchecked(
             &client,
             CubeCount::Static((di as u32).div_ceil(ELEMWISE_CUBE), runs, bsz as u32),
             CubeDim::new_1d(ELEMWISE_CUBE),
-            x.into_tensor_arg(),
-            window.into_tensor_arg(),
-            weight.into_tensor_arg(),
-            bias.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
-            window_out.clone().into_tensor_arg(),
+            x.into_array_arg(),
+            window.into_array_arg(),
+            weight.into_array_arg(),
+            bias.into_array_arg(),
+            out.clone().into_array_arg(),
+            window_out.clone().into_array_arg(),
+            dims,
             k,
             has_bias,
             [tf, tw],
@@ -294,19 +413,42 @@ pub fn add_rms_norm<R: CubeRuntime>(
     let out = empty_device_dtype(client.clone(), h.device.clone(), h.shape(), out_dtype);
     let has_weight = weight.is_some();
     let (th, ty, tw) = (st(h.dtype), st(y.dtype), weight.as_ref().map_or(st(round), |w| st(w.dtype)));
-    let weight = weight.unwrap_or_else(|| h.clone());
-    // SAFETY: as `rms_norm` (one segment); `y` has `h`'s shape (checked by the caller).
+    let weight = weight.map(contiguous).unwrap_or_else(|| sum.clone());
+    let (hs, ys, ss, os) = (h.meta.strides(), y.meta.strides(), sum.meta.strides(), out.meta.strides());
+    let threads = if client.properties().hardware.max_units_per_cube >= norm::ADD_NORM_CUBE_MAX {
+        norm::ADD_NORM_CUBE_MAX as usize
+    } else {
+        norm::NORM_CUBE as usize
+    };
+    let dims = norm::AddNormDimsLaunch::new(
+        h.shape()[2],
+        hs[0],
+        hs[1],
+        hs[2],
+        ys[0],
+        ys[1],
+        ys[2],
+        ss[0],
+        ss[1],
+        os[0],
+        os[1],
+    );
+    // SAFETY: one cube per (position, batch) row, inside the grid; columns stay below d and every
+    // operand is addressed through its strides (outputs fresh, unit-stride over columns); the weight
+    // is read only when present (contiguous, length d).
     unsafe {
         norm::add_rms_norm_kernel::launch_unchecked(
             &client,
             CubeCount::Static(len as u32, bsz as u32, 1),
-            CubeDim::new_1d(norm::NORM_CUBE),
-            h.into_tensor_arg(),
-            y.into_tensor_arg(),
-            weight.into_tensor_arg(),
-            sum.clone().into_tensor_arg(),
-            out.clone().into_tensor_arg(),
+            CubeDim::new_1d(threads as u32),
+            h.into_array_arg(),
+            y.into_array_arg(),
+            weight.into_array_arg(),
+            sum.clone().into_array_arg(),
+            out.clone().into_array_arg(),
+            dims,
             eps as f32,
+            threads,
             has_weight,
             [th, ty, st(stream), st(round), tw, st(out_dtype)],
         )
@@ -343,29 +485,34 @@ fn gemv_split(n: usize) -> usize {
 /// `x · W (+ bias)` for `x` `[b, l, d_in]` with `b · l ≤` [`gemv::GEMV_MAX_ROWS`]; see [`gemv`].
 /// Check [`gemv_applies`] first.
 pub fn gemv<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, bias: Option<CubeTensor<R>>) -> CubeTensor<R> {
-    let [b, l, _] = dims3(&x);
+    let [b, l, k] = dims3(&x);
     let n = weight.shape()[1];
     let client = x.client.clone();
     let out = empty_device_dtype(client.clone(), x.device.clone(), burn::tensor::Shape::new([b, l, n]), x.dtype);
     let has_bias = bias.is_some();
     let (tf, tw) = (st(x.dtype), st(weight.dtype));
     // Not read without a bias; any tensor of the weight dtype will do as the argument.
-    let bias = bias.unwrap_or_else(|| weight.clone());
+    let bias = bias.map(contiguous).unwrap_or_else(|| weight.clone());
     let split = gemv_split(n);
     let columns = gemv::GEMV_THREAD_ROWS / split as u32;
     let vector = gemv_vector_size(&x, &weight);
+    let (xs, ws, os) = (x.meta.strides(), weight.meta.strides(), out.meta.strides());
+    // (The allocator may pitch `out`'s rows: its strides are read, not assumed.)
+    let dims = gemv::GemvDimsLaunch::new(l, k, n, xs[0], xs[1], xs[2], ws[0], ws[1], os[0], os[1]);
     // SAFETY: columns past n are clamped for loads and store nothing; k stays below d_in; rows below
-    // b · l address x and out through their shapes; shared memory is sized from the same comptime values.
+    // b · l address x and out through the strides passed; shared memory is sized from the same
+    // comptime values.
     unsafe {
         gemv::gemv_kernel::launch_unchecked(
             &client,
             CubeCount::Static((n as u32).div_ceil(columns), 1, 1),
             CubeDim::new_2d(gemv::GEMV_LANES, gemv::GEMV_THREAD_ROWS),
             vector,
-            x.into_tensor_arg(),
-            weight.into_tensor_arg(),
-            bias.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
+            x.into_array_arg(),
+            weight.into_array_arg(),
+            bias.into_array_arg(),
+            out.clone().into_array_arg(),
+            dims,
             b * l,
             split,
             has_bias,
@@ -373,6 +520,25 @@ pub fn gemv<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, bias: Optio
         )
     };
     out
+}
+
+/// `t` itself if its last dim is unit-stride, else a copy that is.
+fn unit_last<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    if t.meta.strides().last() == Some(&1) {
+        t
+    } else {
+        burn_cubecl::kernel::into_contiguous(t)
+    }
+}
+
+/// `t` itself if its elements are contiguous in row-major order, else a contiguous copy: for the
+/// one-dimensional parameters the array kernels index without strides.
+fn contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    if t.is_contiguous() {
+        t
+    } else {
+        burn_cubecl::kernel::into_contiguous(t)
+    }
 }
 
 /// Elements per 16-byte load along `k` for [`gemv`], or 1 where the layout does not allow it: `k` and

@@ -18,6 +18,11 @@ use cubecl::prelude::*;
 /// one cube is what counts.)
 pub const NORM_CUBE: u32 = 256;
 
+/// Threads per row of [`add_rms_norm_kernel`] where the device allows cubes this large: a 4096-wide
+/// decode row is then one round of [`UNROLL`] loads per thread and pass, where 256 threads needed four
+/// dependent rounds (13 µs per launch on an H200, ~all latency).
+pub const ADD_NORM_CUBE_MAX: u32 = 1024;
+
 /// Independent loads in flight per thread.
 const UNROLL: usize = 4;
 
@@ -131,6 +136,34 @@ pub fn rms_norm_kernel<X: Float, R: Float, Wt: Float, O: Float>(
     }
 }
 
+/// Sizes and strides (in elements) of an [`add_rms_norm_kernel`] launch over `[b, l, cols]` rows;
+/// the outputs are unit-stride over columns, the weight contiguous.
+#[derive(CubeType, CubeLaunch, Clone, Copy)]
+pub struct AddNormDims {
+    /// Columns per row.
+    pub cols: usize,
+    /// `h` stride over `b`.
+    pub h_b: usize,
+    /// `h` stride over `l`.
+    pub h_l: usize,
+    /// `h` stride over columns.
+    pub h_c: usize,
+    /// `y` stride over `b`.
+    pub y_b: usize,
+    /// `y` stride over `l`.
+    pub y_l: usize,
+    /// `y` stride over columns.
+    pub y_c: usize,
+    /// Stream output stride over `b`.
+    pub s_b: usize,
+    /// Stream output stride over `l`.
+    pub s_l: usize,
+    /// Normalised output stride over `b`.
+    pub o_b: usize,
+    /// Normalised output stride over `l`.
+    pub o_l: usize,
+}
+
 /// The residual add of the next block fused with its norm (spec §6.2: `h = h + mixer(norm(h))`, then the
 /// next block's `norm(h)`):
 ///
@@ -139,28 +172,30 @@ pub fn rms_norm_kernel<X: Float, R: Float, Wt: Float, O: Float>(
 /// out_j = rms_norm(s)_j                          (as rms_norm_kernel, one segment)
 /// ```
 ///
-/// Writes both `s` (the new stream) and `out`. Same grid and cube as [`rms_norm_kernel`]; one launch
-/// instead of the cast, the add and the norm.
+/// Writes both `s` (the new stream) and `out`. Same grid as [`rms_norm_kernel`], `threads` per cube; one launch
+/// instead of the cast, the add and the norm. It runs once per layer and decode step, so it takes
+/// arrays and scalar strides (see [`gemv_kernel`](super::gemv::gemv_kernel)).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn add_rms_norm_kernel<X: Float, Y: Float, S: Float, R: Float, Wt: Float, O: Float>(
-    h: &Tensor<X>,
-    y: &Tensor<Y>,
-    weight: &Tensor<Wt>,
-    sum_out: &mut Tensor<S>,
-    out: &mut Tensor<O>,
+    h: &Array<X>,
+    y: &Array<Y>,
+    weight: &Array<Wt>,
+    sum_out: &mut Array<S>,
+    out: &mut Array<O>,
+    dims: AddNormDims,
     eps: f32,
+    #[comptime] threads: usize,
     #[comptime] has_weight: bool,
     #[define(X, Y, S, R, Wt, O)] _dtypes: [StorageType; 6],
 ) {
     let t = CUBE_POS_X as usize;
     let bi = CUBE_POS_Y as usize;
     let tid = UNIT_POS_X as usize;
-    let threads = comptime!(NORM_CUBE as usize);
-    let cols = h.shape(2);
-    let (bh, sh) = (bi * h.stride(0) + t * h.stride(1), h.stride(2));
-    let (by, sy) = (bi * y.stride(0) + t * y.stride(1), y.stride(2));
-    let (bs, ss) = (bi * sum_out.stride(0) + t * sum_out.stride(1), sum_out.stride(2));
+    let cols = dims.cols;
+    let (bh, sh) = (bi * dims.h_b + t * dims.h_l, dims.h_c);
+    let (by, sy) = (bi * dims.y_b + t * dims.y_l, dims.y_c);
+    let bs = bi * dims.s_b + t * dims.s_l;
 
     let mut sum = 0.0f32;
     let mut j0 = tid;
@@ -170,7 +205,7 @@ pub fn add_rms_norm_kernel<X: Float, Y: Float, S: Float, R: Float, Wt: Float, O:
             let j = j0 + u * threads;
             if j < cols {
                 let s = S::cast_from(f32::cast_from(h[bh + j * sh]) + f32::cast_from(y[by + j * sy]));
-                sum_out[bs + j * ss] = s;
+                sum_out[bs + j] = s;
                 let v = f32::cast_from(R::cast_from(s));
                 sum += v * v;
             }
@@ -191,7 +226,7 @@ pub fn add_rms_norm_kernel<X: Float, Y: Float, S: Float, R: Float, Wt: Float, O:
     }
     let inv = 1.0 / f32::sqrt(shared[0] / f32::cast_from(cols) + eps);
 
-    let (bo, so) = (bi * out.stride(0) + t * out.stride(1), out.stride(2));
+    let bo = bi * dims.o_b + t * dims.o_l;
     let mut j0 = tid;
     while j0 < cols {
         #[unroll]
@@ -199,12 +234,12 @@ pub fn add_rms_norm_kernel<X: Float, Y: Float, S: Float, R: Float, Wt: Float, O:
             let j = j0 + u * threads;
             if j < cols {
                 // Each thread reads back only the stream values it wrote itself.
-                let v = f32::cast_from(R::cast_from(sum_out[bs + j * ss]));
+                let v = f32::cast_from(R::cast_from(sum_out[bs + j]));
                 let normed = f32::cast_from(R::cast_from(v * inv));
                 if has_weight {
-                    out[bo + j * so] = O::cast_from(normed * f32::cast_from(weight[j * weight.stride(0)]));
+                    out[bo + j] = O::cast_from(normed * f32::cast_from(weight[j]));
                 } else {
-                    out[bo + j * so] = O::cast_from(normed);
+                    out[bo + j] = O::cast_from(normed);
                 }
             }
         }

@@ -360,3 +360,217 @@ pub fn scan_sequential<F: Float, P: Float, W: Float, S: Float>(
         state_out[bi * state_out.stride(0) + d * state_out.stride(1) + n * state_out.stride(2)] = S::cast_from(h[n]);
     }
 }
+
+/// Channels (lanes, `UNIT_POS_X`) of a [`scan_step_dbc`] cube.
+pub const STEP_LANES: u32 = 32;
+
+/// Rows (`UNIT_POS_Y`) of a [`scan_step_dbc`] cube: 8 warps, each forming the dt_proj products of 4 of
+/// the cube's 32 channels. At d_inner 8192 that is 256 cubes of 256 threads (~2 per SM on an H200).
+pub const STEP_ROWS: u32 = 8;
+
+/// Sizes and strides (in elements) of a [`scan_step_dbc`] launch. Every operand is unit-stride along
+/// its last dim (the dt_proj weight `[R, I]` along the rank); bias and D are contiguous.
+#[derive(CubeType, CubeLaunch, Clone, Copy)]
+pub struct StepDims {
+    /// Steps (`l`).
+    pub len: usize,
+    /// Channels (`I`).
+    pub d_inner: usize,
+    /// `u` stride over `b`.
+    pub u_b: usize,
+    /// `u` stride over `l`.
+    pub u_l: usize,
+    /// `z` stride over `b`.
+    pub z_b: usize,
+    /// `z` stride over `l`.
+    pub z_l: usize,
+    /// `dbc` stride over `b`.
+    pub x_b: usize,
+    /// `dbc` stride over `l`.
+    pub x_l: usize,
+    /// dt_proj weight stride over channels (its rank stride is 1).
+    pub w_d: usize,
+    /// `A_log` stride over channels.
+    pub a_d: usize,
+    /// Input state stride over `b`.
+    pub s_b: usize,
+    /// Input state stride over channels.
+    pub s_d: usize,
+    /// `out` stride over `b`.
+    pub o_b: usize,
+    /// `out` stride over `l`.
+    pub o_l: usize,
+    /// Output state stride over `b`.
+    pub t_b: usize,
+    /// Output state stride over channels.
+    pub t_d: usize,
+}
+
+/// A FalconMamba decode step straight from x_proj's output (spec §6.4 steps 3–5) in one launch:
+///
+/// ```text
+/// dbc_t = [dt | B | C]            (x_proj output, R + 2N wide, activation dtype F)
+/// dt'   = round_F(dt · rsqrt(mean(dt²) + eps)),  B', C' likewise over their N columns
+/// raw   = round_F(Σ_r dt'_r · dt_w[r, d])         (dt_proj, no bias; f32 accumulation)
+/// then the scan step of the module docs with Δ = softplus(raw + bias[d]), B', C'.
+/// ```
+///
+/// Who owns what, per step: a cube is [`STEP_LANES`] consecutive channels × [`STEP_ROWS`] warps. Its 256
+/// threads load dt (one column each), reduce Σ dt² through shared memory and leave the normalised dt'
+/// there. Warp `w` then forms the dt_proj products of channels `w, w + 8, …` with its lanes over the
+/// rank (each weight row is contiguous over the rank: coalesced loads) and leaves per-lane partials in
+/// shared memory; warp 0, one lane per channel, adds them, normalises B and C itself and runs the
+/// N-state update with the state in registers. The state is read once and written once.
+///
+/// Arrays and scalar strides rather than tensors: see [`gemv_kernel`](super::gemv::gemv_kernel).
+/// Grid: x = ⌈I / lanes⌉, y = batch.
+#[cube(launch_unchecked, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
+#[allow(clippy::too_many_arguments)]
+pub fn scan_step_dbc<F: Float, W: Float, S: Float>(
+    u: &Array<F>,
+    dbc: &Array<F>,
+    dt_w: &Array<F>,
+    delta_bias: &Array<W>,
+    a_log: &Array<W>,
+    d_skip: &Array<W>,
+    z: &Array<F>,
+    state: &Array<S>,
+    out: &mut Array<F>,
+    state_out: &mut Array<S>,
+    dims: StepDims,
+    eps: f32,
+    #[comptime] rank: usize,
+    #[comptime] n_state: usize,
+    #[define(F, W, S)] _dtypes: [StorageType; 3],
+) {
+    let lanes = comptime!(STEP_LANES as usize);
+    let rows = comptime!(STEP_ROWS as usize);
+    let threads = comptime!(STEP_LANES as usize * STEP_ROWS as usize);
+    // Channels per warp, and rank columns per lane in the products.
+    let per_warp = comptime!(STEP_LANES.div_ceil(STEP_ROWS) as usize);
+    let per_lane = comptime!(rank.div_ceil(STEP_LANES as usize));
+    let lane = UNIT_POS_X as usize;
+    let row = UNIT_POS_Y as usize;
+    let tid = row * lanes + lane;
+    let bi = CUBE_POS_Y as usize;
+    let n_inner = dims.d_inner;
+    let tile = CUBE_POS_X as usize * lanes;
+    let d_raw = tile + lane;
+    // Lanes past the last channel work on channel I − 1 (all threads reach the barriers) and store nothing.
+    let live = d_raw < n_inner;
+    let d = usize::min(d_raw, n_inner - 1);
+
+    let mut dts = SharedMemory::<f32>::new(rank);
+    let mut red = SharedMemory::<f32>::new(threads);
+    // One row of 33 per channel: lane j of the final sum reads column j of every row, no bank conflicts.
+    let mut part = SharedMemory::<f32>::new(lanes * (lanes + 1));
+
+    // Warp 0 carries the state; the other warps only help with dt.
+    let mut a = Array::<f32>::new(n_state);
+    let mut h = Array::<f32>::new(n_state);
+    #[unroll]
+    for n in 0..n_state {
+        a[n] = -f32::exp(f32::cast_from(a_log[d * dims.a_d + n]));
+        h[n] = f32::cast_from(state[bi * dims.s_b + d * dims.s_d + n]);
+    }
+    let bias = f32::cast_from(delta_bias[d]);
+    let skip = f32::cast_from(d_skip[d]);
+    let (rank_f, n_f) = (f32::cast_from(rank), f32::cast_from(n_state));
+
+    for t in 0..dims.len {
+        let base = bi * dims.x_b + t * dims.x_l;
+        // 1. dt into shared memory and Σ dt² over the cube.
+        let mut ss = 0.0f32;
+        let mut r = tid;
+        while r < rank {
+            let v = f32::cast_from(dbc[base + r]);
+            dts[r] = v;
+            ss += v * v;
+            r += threads;
+        }
+        red[tid] = ss;
+        sync_cube();
+        // A runtime counter (the cube size): comptime values cannot be updated in a loop.
+        let mut half = (CUBE_DIM_X * CUBE_DIM_Y) as usize / 2;
+        while half > 0 {
+            if tid < half {
+                red[tid] += red[tid + half];
+            }
+            sync_cube();
+            half /= 2;
+        }
+        let inv = 1.0 / f32::sqrt(red[0] / rank_f + eps);
+        // Each thread normalises the columns it loaded.
+        let mut r = tid;
+        while r < rank {
+            dts[r] = f32::cast_from(F::cast_from(dts[r] * inv));
+            r += threads;
+        }
+        sync_cube();
+
+        // 2. Warp `row`: channels row, row + rows, …; lanes over the rank.
+        #[unroll]
+        for j in 0..per_warp {
+            let c = row + j * rows;
+            let dc = usize::min(tile + c, n_inner - 1);
+            let wrow = dc * dims.w_d;
+            let mut acc = 0.0f32;
+            #[unroll]
+            for q in 0..per_lane {
+                let rr = q * lanes + lane;
+                if rr < rank {
+                    acc += dts[rr] * f32::cast_from(dt_w[wrow + rr]);
+                }
+            }
+            if c < lanes {
+                part[c * (lanes + 1) + lane] = acc;
+            }
+        }
+        sync_cube();
+
+        // 3. Warp 0, lane = channel: Δ, the B/C norms and the state update.
+        if row == 0 {
+            let mut raw = 0.0f32;
+            #[unroll]
+            for j in 0..lanes {
+                raw += part[lane * (lanes + 1) + j];
+            }
+            let dt = softplus_f32(f32::cast_from(F::cast_from(raw)) + bias);
+            let (ob, oc) = (base + rank, base + rank + n_state);
+            let mut sb = 0.0f32;
+            let mut sc = 0.0f32;
+            #[unroll]
+            for n in 0..n_state {
+                let vb = f32::cast_from(dbc[ob + n]);
+                let vc = f32::cast_from(dbc[oc + n]);
+                sb += vb * vb;
+                sc += vc * vc;
+            }
+            let ib = 1.0 / f32::sqrt(sb / n_f + eps);
+            let ic = 1.0 / f32::sqrt(sc / n_f + eps);
+            let x = f32::cast_from(u[bi * dims.u_b + t * dims.u_l + d]);
+            let du = dt * x;
+            let mut y = skip * x;
+            #[unroll]
+            for n in 0..n_state {
+                let bn = f32::cast_from(F::cast_from(f32::cast_from(dbc[ob + n]) * ib));
+                let cn = f32::cast_from(F::cast_from(f32::cast_from(dbc[oc + n]) * ic));
+                h[n] = f32::exp(dt * a[n]) * h[n] + du * bn;
+                y += h[n] * cn;
+            }
+            if live {
+                let g = f32::cast_from(z[bi * dims.z_b + t * dims.z_l + d]);
+                out[bi * dims.o_b + t * dims.o_l + d] = F::cast_from(y * silu_f32(g));
+            }
+        }
+        // The next step overwrites the shared buffers.
+        sync_cube();
+    }
+
+    if row == 0 && live {
+        #[unroll]
+        for n in 0..n_state {
+            state_out[bi * dims.t_b + d * dims.t_d + n] = S::cast_from(h[n]);
+        }
+    }
+}
