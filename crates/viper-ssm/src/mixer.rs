@@ -181,7 +181,8 @@ impl<B: SsmBackend> MambaMixer<B> {
 
         // 3. x_proj → dt | B | C, normalised per variant.
         let dbc = linear(&self.x_proj, u.clone()); // (b, l, R + 2N)
-                                                   // FalconMamba's decode step: the dt/B/C norms, dt_proj and the scan step are one backend op.
+
+        // FalconMamba's decode step: the dt/B/C norms, dt_proj and the scan step are one backend op.
         if let (true, None, None, MambaVariant::FalconMamba { rms_eps }) =
             (single, &self.norms, &self.dt_proj.bias, c.variant)
         {
