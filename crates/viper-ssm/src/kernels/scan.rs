@@ -27,6 +27,9 @@
 //! [`scan_sequential`] (decode step and very short sequences): one thread per (batch, channel) runs the
 //! steps in order from the input state with the `N` states in registers; a decode step is one launch.
 //!
+//! [`scan_step_dbc`] (FalconMamba's decode step): the same update taken straight from x_proj's output,
+//! with the dt/B/C norms and dt_proj inside (see its docs for who owns what).
+//!
 //! Loads of u, Δ, z and stores of o are coalesced (lanes are consecutive channels). Inputs are read
 //! through their strides (the mixer hands in `narrow`ed views of `in_proj`/`x_proj` outputs). All
 //! arithmetic is f32; storage dtypes are runtime-defined: `F` for u/Δ/z/o, `P` for B/C, `W` for the
