@@ -3,7 +3,7 @@
 //! A [`MambaMixer`] runs over a whole sequence ([`MambaMixer::forward`]) or one token at a time
 //! ([`MambaMixer::step`]), carrying a [`MambaState`] (conv window + SSM state) between calls. The
 //! sequence ops go through the [`SsmBackend`] extension trait: its default bodies are the tensor-op
-//! [`reference`], which runs on every Burn backend.
+//! [`reference`](mod@reference), which runs on every Burn backend.
 
 pub mod backend;
 pub mod config;

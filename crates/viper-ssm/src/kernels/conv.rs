@@ -19,7 +19,7 @@ use cubecl::prelude::*;
 /// keeps the unrolled run short while cutting the per-thread setup (taps, strides) to 1/16 per output.
 pub const CONV_RUN: usize = 16;
 
-/// Sizes and strides (in elements) of a [`causal_conv1d_kernel`] launch; every operand is unit-stride
+/// Sizes and strides (in elements) of a [`causal_conv1d_kernel`](fn@causal_conv1d_kernel) launch; every operand is unit-stride
 /// over channels except the taps, whose channel stride is `t_d` (the bias is contiguous).
 #[derive(CubeType, CubeLaunch, Clone, Copy)]
 pub struct ConvDims {
@@ -67,7 +67,7 @@ fn full_at<F: Float>(
     }
 }
 
-/// Arrays and scalar strides rather than tensors: see [`gemv_kernel`](super::gemv::gemv_kernel).
+/// Arrays and scalar strides rather than tensors: see [`gemv_kernel`](fn@super::gemv::gemv_kernel).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn causal_conv1d_kernel<F: Float, W: Float>(

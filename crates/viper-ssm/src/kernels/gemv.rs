@@ -15,7 +15,7 @@
 
 use cubecl::prelude::*;
 
-/// Sizes and strides (in elements) of a [`gemv_kernel`] launch: `x` is `[b, l, k]`, the weight
+/// Sizes and strides (in elements) of a [`gemv_kernel`](fn@gemv_kernel) launch: `x` is `[b, l, k]`, the weight
 /// `[k, n]`, `out` a contiguous `[b, l, n]`, the bias contiguous.
 #[derive(CubeType, CubeLaunch, Clone, Copy)]
 pub struct GemvDims {

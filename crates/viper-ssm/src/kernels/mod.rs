@@ -18,20 +18,20 @@ use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::{ops::numeric::empty_device_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
 
-/// Channels handled by one cube of [`scan::scan_sequential`] (threads of a cube are consecutive
+/// Channels handled by one cube of [`scan::scan_sequential`](fn@scan::scan_sequential) (threads of a cube are consecutive
 /// channels): 128 keeps a cube's `u`/Δ/`z` row reads at 256 B (bf16) to 512 B (f32).
 pub const SCAN_CHANNELS_PER_CUBE: u32 = 128;
 
-/// Longest sequence run by [`scan::scan_sequential`]; longer ones go to [`scan::scan_block`], whose
+/// Longest sequence run by [`scan::scan_sequential`](fn@scan::scan_sequential); longer ones go to [`scan::scan_block`](fn@scan::scan_block), whose
 /// tile (`warps · items` steps) would be mostly padding below this.
 pub const SCAN_SEQUENTIAL_MAX_LEN: usize = 16;
 
-/// Rows (time segments) of a [`scan::scan_block`] cube: 8 × 32 lanes = 256 threads. With falcon-mamba's
+/// Rows (time segments) of a [`scan::scan_block`](fn@scan::scan_block) cube: 8 × 32 lanes = 256 threads. With falcon-mamba's
 /// d_inner 8192 at batch 1 that is 256 cubes, ~2 per H100 SM (16 warps each), and the per-group fold
 /// over the rows before a thread costs on average 3.5 shared-memory pairs per 32 (step, state) elements.
 pub const SCAN_BLOCK_WARPS: usize = 8;
 
-/// Steps per thread per tile of [`scan::scan_block`]: 8 keeps `q` (8 × 4 floats) and the per-step
+/// Steps per thread per tile of [`scan::scan_block`](fn@scan::scan_block): 8 keeps `q` (8 × 4 floats) and the per-step
 /// Δ, Δu, y and z (4 × 8) in registers while amortising a group's barrier and fold over 32 elements.
 pub const SCAN_BLOCK_ITEMS: usize = 8;
 
@@ -92,7 +92,7 @@ pub fn scan_projects<R: CubeRuntime>(u: &CubeTensor<R>, dt: &CubeTensor<R>, dt_w
 }
 
 /// [`selective_scan`], where with `dt_w` (check [`scan_projects`]) `x.delta` is the low-rank dt and
-/// the kernel applies dt_proj itself (see [`scan::scan_sequential`]).
+/// the kernel applies dt_proj itself (see [`scan::scan_sequential`](fn@scan::scan_sequential)).
 pub fn selective_scan_projected<R: CubeRuntime>(
     x: ScanTensors<R>,
     dt_w: Option<CubeTensor<R>>,
@@ -171,7 +171,7 @@ pub fn selective_scan_projected<R: CubeRuntime>(
     (out, state_out)
 }
 
-/// Whether [`scan_step_dbc`] covers a decode step of `u` (`[b, l, I]`) from the x_proj output `dbc`
+/// Whether [`scan_step_dbc`](fn@scan_step_dbc) covers a decode step of `u` (`[b, l, I]`) from the x_proj output `dbc`
 /// (`[b, l, R + 2N]`) with dt_proj weight `dt_w` (`[R, I]`): a short sequence, one activation dtype,
 /// `N` = `n_state`, a rank that fits shared memory, and the layouts the kernel indexes without
 /// strides (u, z and dbc contiguous along their last dim, dt_w along the rank, as the mixer and the
@@ -203,7 +203,7 @@ pub fn step_dbc_applies<R: CubeRuntime>(
         && dt_w.meta.strides()[0] == 1
 }
 
-/// The inputs of [`scan_step_dbc`] (shapes and dtypes as [`ScanTensors`], `dbc` x_proj's output,
+/// The inputs of [`scan_step_dbc`](fn@scan_step_dbc) (shapes and dtypes as [`ScanTensors`], `dbc` x_proj's output,
 /// `dt_w` dt_proj's weight `[R, I]`).
 pub struct StepTensors<R: CubeRuntime> {
     pub u: CubeTensor<R>,
@@ -216,7 +216,7 @@ pub struct StepTensors<R: CubeRuntime> {
     pub state: CubeTensor<R>,
 }
 
-/// A FalconMamba decode step from x_proj's output in one launch (see [`scan::scan_step_dbc`]); check
+/// A FalconMamba decode step from x_proj's output in one launch (see [`scan::scan_step_dbc`](fn@scan::scan_step_dbc)); check
 /// [`step_dbc_applies`] first. Returns `(o [b, l, i], final state)` as [`selective_scan`].
 pub fn scan_step_dbc<R: CubeRuntime>(x: StepTensors<R>, eps: f64) -> (CubeTensor<R>, CubeTensor<R>) {
     let [bsz, len, di] = dims3(&x.u);
@@ -397,7 +397,7 @@ pub fn rms_norm<R: CubeRuntime>(
 }
 
 /// `s = round_stream(h + y)` and its RMS norm (one segment) in one launch; returns `(s, norm(s))`.
-/// See [`norm::add_rms_norm_kernel`].
+/// See [`norm::add_rms_norm_kernel`](fn@norm::add_rms_norm_kernel).
 pub fn add_rms_norm<R: CubeRuntime>(
     h: CubeTensor<R>,
     y: CubeTensor<R>,
@@ -467,7 +467,7 @@ pub fn split_k(rows: usize, k: usize, n: usize) -> Option<usize> {
     (skinny && rows > gemv::GEMV_MAX_ROWS && rows <= 4096).then_some(SEGMENTS)
 }
 
-/// Whether [`gemv`] applies: few input rows, a 2-D weight whose columns are contiguous over `d_in`
+/// Whether [`gemv`](fn@gemv) applies: few input rows, a 2-D weight whose columns are contiguous over `d_in`
 /// (the loader's transposed view of a checkpoint's `[d_out, d_in]`), and one dtype for x and weight.
 pub fn gemv_applies<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>) -> bool {
     let [b, l, _] = dims3(x);
@@ -475,14 +475,14 @@ pub fn gemv_applies<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>) -
     (1..=gemv::GEMV_MAX_ROWS).contains(&rows) && weight.meta.strides()[0] == 1 && x.dtype == weight.dtype
 }
 
-/// Warps per output column of [`gemv`]: enough columns × warps to keep ~8k warps streaming the weight
+/// Warps per output column of [`gemv`](fn@gemv): enough columns × warps to keep ~8k warps streaming the weight
 /// (x_proj's 288 columns get 8, out_proj's 4096 get 2, in_proj's 16384 and lm_head 1).
 fn gemv_split(n: usize) -> usize {
     const TARGET_WARPS: usize = 8192;
     (TARGET_WARPS / n.max(1)).next_power_of_two().clamp(1, gemv::GEMV_THREAD_ROWS as usize)
 }
 
-/// `x · W (+ bias)` for `x` `[b, l, d_in]` with `b · l ≤` [`gemv::GEMV_MAX_ROWS`]; see [`gemv`].
+/// `x · W (+ bias)` for `x` `[b, l, d_in]` with `b · l ≤` [`gemv::GEMV_MAX_ROWS`]; see [`gemv`](fn@gemv).
 /// Check [`gemv_applies`] first.
 pub fn gemv<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, bias: Option<CubeTensor<R>>) -> CubeTensor<R> {
     let [b, l, k] = dims3(&x);
@@ -541,7 +541,7 @@ fn contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     }
 }
 
-/// Elements per 16-byte load along `k` for [`gemv`], or 1 where the layout does not allow it: `k` and
+/// Elements per 16-byte load along `k` for [`gemv`](fn@gemv), or 1 where the layout does not allow it: `k` and
 /// every stride other than `k`'s must be multiples of it, and `k` contiguous in both operands. (Buffer
 /// offsets are aligned: Burn copies slices whose offsets are not.)
 fn gemv_vector_size<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>) -> usize {

@@ -13,13 +13,13 @@
 
 use cubecl::prelude::*;
 
-/// Threads per row: a 4096-wide row is 16 loads per thread, issued 4 at a time ([`UNROLL`]); the tree
+/// Threads per row: a 4096-wide row is 16 loads per thread, issued 4 at a time (`UNROLL`); the tree
 /// reduction takes log₂ 256 = 8 barriers. (A decode step normalises single rows, so the latency of
 /// one cube is what counts.)
 pub const NORM_CUBE: u32 = 256;
 
-/// Threads per row of [`add_rms_norm_kernel`] where the device allows cubes this large: a 4096-wide
-/// decode row is then one round of [`UNROLL`] loads per thread and pass, where 256 threads needed four
+/// Threads per row of [`add_rms_norm_kernel`](fn@add_rms_norm_kernel) where the device allows cubes this large: a 4096-wide
+/// decode row is then one round of `UNROLL` loads per thread and pass, where 256 threads needed four
 /// dependent rounds (13 µs per launch on an H200, ~all latency).
 pub const ADD_NORM_CUBE_MAX: u32 = 1024;
 
@@ -136,7 +136,7 @@ pub fn rms_norm_kernel<X: Float, R: Float, Wt: Float, O: Float>(
     }
 }
 
-/// Sizes and strides (in elements) of an [`add_rms_norm_kernel`] launch over `[b, l, cols]` rows;
+/// Sizes and strides (in elements) of an [`add_rms_norm_kernel`](fn@add_rms_norm_kernel) launch over `[b, l, cols]` rows;
 /// the outputs are unit-stride over columns, the weight contiguous.
 #[derive(CubeType, CubeLaunch, Clone, Copy)]
 pub struct AddNormDims {
@@ -172,9 +172,9 @@ pub struct AddNormDims {
 /// out_j = rms_norm(s)_j                          (as rms_norm_kernel, one segment)
 /// ```
 ///
-/// Writes both `s` (the new stream) and `out`. Same grid as [`rms_norm_kernel`], `threads` per cube; one launch
+/// Writes both `s` (the new stream) and `out`. Same grid as [`rms_norm_kernel`](fn@rms_norm_kernel), `threads` per cube; one launch
 /// instead of the cast, the add and the norm. It runs once per layer and decode step, so it takes
-/// arrays and scalar strides (see [`gemv_kernel`](super::gemv::gemv_kernel)).
+/// arrays and scalar strides (see [`gemv_kernel`](fn@super::gemv::gemv_kernel)).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn add_rms_norm_kernel<X: Float, Y: Float, S: Float, R: Float, Wt: Float, O: Float>(

@@ -10,7 +10,7 @@
 //!
 //! The recurrence is an associative scan over the pairs (a, b): `(a₁, b₁) ∘ (a₂, b₂) = (a₁a₂, a₂b₁ + b₂)`.
 //!
-//! [`scan_block`] (prefill): one cube owns 32 consecutive channels (its lanes, `UNIT_POS_X`) of one
+//! [`scan_block`](fn@scan_block) (prefill): one cube owns 32 consecutive channels (its lanes, `UNIT_POS_X`) of one
 //! sequence and walks the whole sequence in tiles of `warps · items` steps. Within a tile, row
 //! `UNIT_POS_Y = w` owns the `items` consecutive steps `t0 + w·items + i` of its lane's channel, so the
 //! cube is parallel over time as well as over channels. Per group of 4 states a thread
@@ -24,10 +24,10 @@
 //! kernel reads u, Δ, z, B, C once and writes o and the final state once. B and C of a tile are staged
 //! in shared memory as 4-wide vectors (one broadcast load serves a warp and 4 states).
 //!
-//! [`scan_sequential`] (decode step and very short sequences): one thread per (batch, channel) runs the
+//! [`scan_sequential`](fn@scan_sequential) (decode step and very short sequences): one thread per (batch, channel) runs the
 //! steps in order from the input state with the `N` states in registers; a decode step is one launch.
 //!
-//! [`scan_step_dbc`] (FalconMamba's decode step): the same update taken straight from x_proj's output,
+//! [`scan_step_dbc`](fn@scan_step_dbc) (FalconMamba's decode step): the same update taken straight from x_proj's output,
 //! with the dt/B/C norms and dt_proj inside (see its docs for who owns what).
 //!
 //! Loads of u, Δ, z and stores of o are coalesced (lanes are consecutive channels). Inputs are read
@@ -40,10 +40,10 @@ use cubecl::prelude::*;
 /// Softplus threshold of PyTorch and mamba-ssm: above it softplus(v) is v in f32.
 const SOFTPLUS_THRESHOLD: f32 = 20.0;
 
-/// States handled together by [`scan_block`]: one 16-byte shared-memory vector of B or C.
+/// States handled together by [`scan_block`](fn@scan_block): one 16-byte shared-memory vector of B or C.
 pub const STATE_GROUP: usize = 4;
 
-/// Lanes of a [`scan_block`] cube: 32 consecutive channels (one warp on CUDA, 64–128 contiguous bytes
+/// Lanes of a [`scan_block`](fn@scan_block) cube: 32 consecutive channels (one warp on CUDA, 64–128 contiguous bytes
 /// of each u/Δ/z row).
 pub const BLOCK_LANES: u32 = 32;
 
@@ -275,7 +275,7 @@ pub fn scan_block<F: Float, P: Float, W: Float, S: Float>(
 
 /// Sequential scan: one thread per (batch, channel) runs all steps in order from the input state and
 /// writes the gated output and the final state. Used for the decode step (one launch per layer) and
-/// sequences too short to fill a [`scan_block`] tile.
+/// sequences too short to fill a [`scan_block`](fn@scan_block) tile.
 ///
 /// With `project`, `delta` is the low-rank `dt` (`[b, l, R]`) and each thread first forms its own
 /// channel's `delta_t[d] = round_F(Σ_r dt_t[r] · dt_w[r, d])` (dt_proj without its bias, f32
@@ -364,14 +364,14 @@ pub fn scan_sequential<F: Float, P: Float, W: Float, S: Float>(
     }
 }
 
-/// Channels (lanes, `UNIT_POS_X`) of a [`scan_step_dbc`] cube.
+/// Channels (lanes, `UNIT_POS_X`) of a [`scan_step_dbc`](fn@scan_step_dbc) cube.
 pub const STEP_LANES: u32 = 32;
 
-/// Rows (`UNIT_POS_Y`) of a [`scan_step_dbc`] cube: 8 warps, each forming the dt_proj products of 4 of
+/// Rows (`UNIT_POS_Y`) of a [`scan_step_dbc`](fn@scan_step_dbc) cube: 8 warps, each forming the dt_proj products of 4 of
 /// the cube's 32 channels. At d_inner 8192 that is 256 cubes of 256 threads (~2 per SM on an H200).
 pub const STEP_ROWS: u32 = 8;
 
-/// Sizes and strides (in elements) of a [`scan_step_dbc`] launch. Every operand is unit-stride along
+/// Sizes and strides (in elements) of a [`scan_step_dbc`](fn@scan_step_dbc) launch. Every operand is unit-stride along
 /// its last dim (the dt_proj weight `[R, I]` along the rank); bias and D are contiguous.
 #[derive(CubeType, CubeLaunch, Clone, Copy)]
 pub struct StepDims {
@@ -425,7 +425,7 @@ pub struct StepDims {
 /// shared memory; warp 0, one lane per channel, adds them, normalises B and C itself and runs the
 /// N-state update with the state in registers. The state is read once and written once.
 ///
-/// Arrays and scalar strides rather than tensors: see [`gemv_kernel`](super::gemv::gemv_kernel).
+/// Arrays and scalar strides rather than tensors: see [`gemv_kernel`](fn@super::gemv::gemv_kernel).
 /// Grid: x = ⌈I / lanes⌉, y = batch.
 #[cube(launch_unchecked, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 #[allow(clippy::too_many_arguments)]
