@@ -15,6 +15,7 @@ pub mod scan;
 use std::sync::OnceLock;
 
 use burn::tensor::{DType, Shape, TensorMetadata};
+use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::{ops::numeric::empty_device_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
 
@@ -263,9 +264,9 @@ pub fn scan_step_dbc<R: CubeRuntime>(x: StepTensors<R>, eps: f64) -> (CubeTensor
             x.u.into_array_arg(),
             x.dbc.into_array_arg(),
             x.dt_w.into_array_arg(),
-            contiguous(x.delta_bias).into_array_arg(),
+            into_contiguous(x.delta_bias).into_array_arg(),
             a_log.into_array_arg(),
-            contiguous(x.d).into_array_arg(),
+            into_contiguous(x.d).into_array_arg(),
             x.z.into_array_arg(),
             state.into_array_arg(),
             out.clone().into_array_arg(),
@@ -298,7 +299,7 @@ pub fn causal_conv1d<R: CubeRuntime>(
     let window_out = empty_device_dtype(client.clone(), device, window.shape(), x.dtype);
     let has_bias = bias.is_some();
     let (tf, tw) = (st(x.dtype), st(weight.dtype));
-    let bias = bias.map(contiguous).unwrap_or_else(|| weight.clone());
+    let bias = bias.map(into_contiguous).unwrap_or_else(|| weight.clone());
     let runs = (len.div_ceil(conv::CONV_RUN) as u32).clamp(1, MAX_GRID_Y);
     let (x, window) = (unit_last(x), unit_last(window));
     let (xs, ws, ts) = (x.meta.strides(), window.meta.strides(), weight.meta.strides());
@@ -413,7 +414,7 @@ pub fn add_rms_norm<R: CubeRuntime>(
     let out = empty_device_dtype(client.clone(), h.device.clone(), h.shape(), out_dtype);
     let has_weight = weight.is_some();
     let (th, ty, tw) = (st(h.dtype), st(y.dtype), weight.as_ref().map_or(st(round), |w| st(w.dtype)));
-    let weight = weight.map(contiguous).unwrap_or_else(|| sum.clone());
+    let weight = weight.map(into_contiguous).unwrap_or_else(|| sum.clone());
     let (hs, ys, ss, os) = (h.meta.strides(), y.meta.strides(), sum.meta.strides(), out.meta.strides());
     let threads = if client.properties().hardware.max_units_per_cube >= norm::ADD_NORM_CUBE_MAX {
         norm::ADD_NORM_CUBE_MAX as usize
@@ -492,7 +493,7 @@ pub fn gemv<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, bias: Optio
     let has_bias = bias.is_some();
     let (tf, tw) = (st(x.dtype), st(weight.dtype));
     // Not read without a bias; any tensor of the weight dtype will do as the argument.
-    let bias = bias.map(contiguous).unwrap_or_else(|| weight.clone());
+    let bias = bias.map(into_contiguous).unwrap_or_else(|| weight.clone());
     let split = gemv_split(n);
     let columns = gemv::GEMV_THREAD_ROWS / split as u32;
     let vector = gemv_vector_size(&x, &weight);
@@ -527,17 +528,7 @@ fn unit_last<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     if t.meta.strides().last() == Some(&1) {
         t
     } else {
-        burn_cubecl::kernel::into_contiguous(t)
-    }
-}
-
-/// `t` itself if its elements are contiguous in row-major order, else a contiguous copy: for the
-/// one-dimensional parameters the array kernels index without strides.
-fn contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
-    if t.is_contiguous() {
-        t
-    } else {
-        burn_cubecl::kernel::into_contiguous(t)
+        into_contiguous(t)
     }
 }
 

@@ -136,6 +136,25 @@ pub fn rms_norm_kernel<X: Float, R: Float, Wt: Float, O: Float>(
     }
 }
 
+/// The sum of `shared[0 .. CUBE_DIM)` (a power of two), each unit having written `shared[UNIT_POS]`
+/// first; every unit of the cube must call it (it synchronises the cube). Halves the live range per
+/// barrier, leaving the total in `shared[0]`.
+#[cube]
+pub fn cube_sum(shared: &mut SharedMemory<f32>) -> f32 {
+    let tid = UNIT_POS as usize;
+    sync_cube();
+    // A runtime counter (the cube size): comptime values cannot be updated in a loop.
+    let mut half = CUBE_DIM as usize / 2;
+    while half > 0 {
+        if tid < half {
+            shared[tid] += shared[tid + half];
+        }
+        sync_cube();
+        half /= 2;
+    }
+    shared[0]
+}
+
 /// Sizes and strides (in elements) of an [`add_rms_norm_kernel`](fn@add_rms_norm_kernel) launch over `[b, l, cols]` rows;
 /// the outputs are unit-stride over columns, the weight contiguous.
 #[derive(CubeType, CubeLaunch, Clone, Copy)]
@@ -215,16 +234,8 @@ pub fn add_rms_norm_kernel<X: Float, Y: Float, S: Float, R: Float, Wt: Float, O:
 
     let mut shared = SharedMemory::<f32>::new(threads);
     shared[tid] = sum;
-    sync_cube();
-    let mut half = CUBE_DIM_X as usize / 2;
-    while half > 0 {
-        if tid < half {
-            shared[tid] += shared[tid + half];
-        }
-        sync_cube();
-        half /= 2;
-    }
-    let inv = 1.0 / f32::sqrt(shared[0] / f32::cast_from(cols) + eps);
+    let total = cube_sum(&mut shared);
+    let inv = 1.0 / f32::sqrt(total / f32::cast_from(cols) + eps);
 
     let bo = bi * dims.o_b + t * dims.o_l;
     let mut j0 = tid;

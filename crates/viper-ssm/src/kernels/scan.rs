@@ -37,6 +37,8 @@
 
 use cubecl::prelude::*;
 
+use super::norm::cube_sum;
+
 /// Softplus threshold of PyTorch and mamba-ssm: above it softplus(v) is v in f32.
 const SOFTPLUS_THRESHOLD: f32 = 20.0;
 
@@ -492,17 +494,7 @@ pub fn scan_step_dbc<F: Float, W: Float, S: Float>(
             r += threads;
         }
         red[tid] = ss;
-        sync_cube();
-        // A runtime counter (the cube size): comptime values cannot be updated in a loop.
-        let mut half = (CUBE_DIM_X * CUBE_DIM_Y) as usize / 2;
-        while half > 0 {
-            if tid < half {
-                red[tid] += red[tid + half];
-            }
-            sync_cube();
-            half /= 2;
-        }
-        let inv = 1.0 / f32::sqrt(red[0] / rank_f + eps);
+        let inv = 1.0 / f32::sqrt(cube_sum(&mut red) / rank_f + eps);
         // Each thread normalises the columns it loaded.
         let mut r = tid;
         while r < rank {
