@@ -186,8 +186,9 @@ pub trait SsmBackend: Backend {
 
     /// A Linear layer, `x · weight (+ bias)` with `weight` `[d_in, d_out]`. CubeCL backends run a
     /// matrix–vector kernel when `x` has at most 8 rows (the decode step) and the weight is laid out as
-    /// the loader builds it, and a split-K product for few output columns over a long `k` (prefill
-    /// x_proj); otherwise, and on other backends, Burn's `linear`.
+    /// the loader builds it; on CUDA, inputs of at least 16 rows go through cuBLAS (the `cublas`
+    /// module, feature `cuda`, where the library loads), else a split-K product for few output columns
+    /// over a long `k` (prefill x_proj); otherwise, and on other backends, Burn's `linear`.
     fn projection(x: Tensor<Self, 3>, weight: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>) -> Tensor<Self, 3> {
         burn::tensor::module::linear(x, weight, bias)
     }
@@ -310,6 +311,28 @@ mod cube_impl {
         wrap(out.remove(0))
     }
 
+    /// `x · weight` through cuBLAS where the runtime is CUDA and the shapes are a prefill's.
+    #[allow(unused_variables)]
+    fn cublas_projection<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+        x: &Tensor<CubeBackend<R, F, I, BT>, 3>,
+        weight: &Tensor<CubeBackend<R, F, I, BT>, 2>,
+    ) -> Option<Tensor<CubeBackend<R, F, I, BT>, 3>> {
+        #[cfg(feature = "cuda")]
+        {
+            let [b, l, _] = x.dims();
+            if b * l < crate::kernels::CUBLAS_MIN_ROWS || x.dtype() != weight.dtype() {
+                return None;
+            }
+            let n = weight.dims()[1];
+            let out = Tensor::<CubeBackend<R, F, I, BT>, 3>::empty([b, l, n], (&x.device(), x.dtype()));
+            let (xp, wp, op) = (prim(x.clone()), prim(weight.clone()), prim(out));
+            crate::cublas::linear(&xp, &wp, &op)?;
+            Some(wrap(op))
+        }
+        #[cfg(not(feature = "cuda"))]
+        None
+    }
+
     impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> SsmBackend for CubeBackend<R, F, I, BT> {
         fn rms_norm(input: RmsNormInput<Self>) -> Tensor<Self, 3> {
             norm(input)
@@ -339,6 +362,11 @@ mod cube_impl {
             if kernels::gemv_applies(&xp, &wp) {
                 let bias = bias.map(|b| prim(like(b, weight.dtype())));
                 wrap(kernels::gemv(xp, wp, bias))
+            } else if let Some(y) = cublas_projection(&x, &weight) {
+                match bias {
+                    Some(bias) => y + like(bias, weight.dtype()).reshape([1, 1, n]),
+                    None => y,
+                }
             } else if let Some(s) = kernels::split_k(b * l, k, n) {
                 // Split-K: [s, m, k/s] · [s, k/s, n] with f32 partials, summed over s, one rounding.
                 use burn_cubecl::kernel::{into_contiguous, matmul};
@@ -614,8 +642,9 @@ mod fusion_impl {
         }
     }
 
-    /// Registers the decode-sized and split-K products as a custom op (the layout check that picks the kernel
-    /// needs the real tensors, which only the op's execution sees); the rest go to Burn's `linear`.
+    /// Registers the decode-sized, split-K and (on CUDA) cuBLAS products as a custom op (the layout
+    /// check that picks the kernel needs the real tensors, which only the op's execution sees); the
+    /// rest go to Burn's `linear`.
     fn linear<B: FusionBackend + SsmBackend>(
         x: Tensor<Fusion<B>, 3>,
         weight: Tensor<Fusion<B>, 2>,
@@ -623,7 +652,9 @@ mod fusion_impl {
     ) -> Tensor<Fusion<B>, 3> {
         let [b, l, k] = x.dims();
         let n = weight.dims()[1];
-        let custom = b * l <= crate::kernels::gemv::GEMV_MAX_ROWS || crate::kernels::split_k(b * l, k, n).is_some();
+        let custom = b * l <= crate::kernels::gemv::GEMV_MAX_ROWS
+            || crate::kernels::split_k(b * l, k, n).is_some()
+            || (cfg!(feature = "cuda") && b * l >= crate::kernels::CUBLAS_MIN_ROWS);
         if !custom || x.dtype() != weight.dtype() {
             return burn::tensor::module::linear(x, weight, bias);
         }

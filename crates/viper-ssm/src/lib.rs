@@ -7,6 +7,8 @@
 
 pub mod backend;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cublas;
 #[cfg(feature = "cube")]
 pub mod kernels;
 pub mod mixer;

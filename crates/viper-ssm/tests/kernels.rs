@@ -503,6 +503,10 @@ fn linear_case(b: usize, l: usize, k: usize, n: usize, bias: bool, transposed: b
     if transposed && b * l <= 8 {
         let want = run::<R>((&x, &w, &bv), shape, DType::F32);
         check("linear", &host(got), &host(want), dtype);
+    } else if cfg!(feature = "cuda") && b * l >= 16 {
+        // cuBLAS: f32 accumulation (no TF32) against NdArray's f32 product.
+        let want = run::<R>((&x, &w, &bv), shape, DType::F32);
+        check("linear cuBLAS", &host(got), &host(want), dtype);
     } else if viper_ssm::kernels::split_k(b * l, k, n).is_some() {
         // Split-K product: f32 partials of Burn's matmul summed. Burn's CUDA f32 matmul rounds its
         // inputs like TF32 (~2e-4 relative), so f32 is held to that there.
@@ -535,8 +539,41 @@ fn linear_f32() {
     // Fallbacks to Burn's product: a contiguous [d_in, d_out] weight; more than 8 rows.
     linear_case(1, 1, 64, 16, true, false, DType::F32);
     linear_case(3, 5, 64, 16, false, true, DType::F32);
-    // Split-K (prefill x_proj shape, scaled down): 2 × 20 rows, k = 2048, 24 columns, with a bias.
+    // Split-K (prefill x_proj shape, scaled down; cuBLAS on CUDA): 2 × 20 rows, k = 2048, 24 columns,
+    // with a bias.
     linear_case(2, 20, 2048, 24, true, true, DType::F32);
+    // More rows with a contiguous weight (cuBLAS on CUDA, Burn's product elsewhere).
+    linear_case(1, 50, 96, 70, false, false, DType::F32);
+}
+
+/// The cuBLAS path with rows read through a stride (a `narrow`ed input, as dt_proj's) and batch > 1.
+#[cfg(feature = "cuda")]
+#[test]
+fn linear_cublas_strided() {
+    assert!(viper_ssm::cublas::available(), "libcublas must be loadable for the CUDA tests");
+    for dtype in [DType::F32, DType::BF16] {
+        let (b, l, k, wide, n) = (3, 11, 200, 231, 97);
+        let mut rng = rng(&format!("linear strided {dtype:?}"));
+        let x = round(&draw(&mut rng, b * l * wide, -1.0, 1.0), dtype);
+        let w = round(&draw(&mut rng, n * k, -0.5, 0.5), dtype);
+        fn run<B: SsmBackend>(x: &[f32], w: &[f32], s: (usize, usize, usize, usize, usize), dtype: DType) -> Vec<f32> {
+            let (b, l, k, wide, n) = s;
+            let dev = Default::default();
+            let x = tensor::<B, 3>(x, [b, l, wide], dtype, &dev).narrow(2, 3, k);
+            host(B::projection(x, tensor::<B, 2>(w, [n, k], dtype, &dev).transpose(), None))
+        }
+        // The cuBLAS path itself takes these layouts (no silent fallback to Burn's product).
+        {
+            type P = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+            let dev = Default::default();
+            let xp = tensor::<P, 3>(&x, [b, l, wide], dtype, &dev).narrow(2, 3, k).into_primitive().tensor();
+            let wp = tensor::<P, 2>(&w, [n, k], dtype, &dev).transpose().into_primitive().tensor();
+            let op = Tensor::<P, 3>::empty([b, l, n], (&dev, dtype)).into_primitive().tensor();
+            assert!(viper_ssm::cublas::linear(&xp, &wp, &op).is_some(), "cuBLAS refused a strided input");
+        }
+        let s = (b, l, k, wide, n);
+        check("linear cuBLAS strided", &run::<K>(&x, &w, s, dtype), &run::<R>(&x, &w, s, DType::F32), dtype);
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -546,6 +583,8 @@ fn linear_bf16() {
     linear_case(4, 1, 256, 520, true, true, DType::BF16);
     // k not a multiple of 8: scalar loads.
     linear_case(1, 1, 4100, 40, false, true, DType::BF16);
-    // Split-K at x_proj's width.
+    // Prefill rows (cuBLAS on CUDA): x_proj's width, a contiguous weight with a bias, an odd k.
     linear_case(1, 64, 8192, 288, false, true, DType::BF16);
+    linear_case(2, 40, 512, 300, true, false, DType::BF16);
+    linear_case(1, 33, 1001, 130, false, true, DType::BF16);
 }

@@ -3,8 +3,11 @@
 //! ```text
 //! cargo build --release -p viper-examples --features cuda,fusion,autotune --bin bench
 //! bench [--out BENCHMARKS.md] [--layers 64] [--quick] [--kernels-only] [--decode-only] [--steps N]
-//!       [--prefill-only L]
+//!       [--prefill-only L] [--host] [--matmul] [--matmul-sweep] [--cublas] [--profile-host STEPS]
 //! ```
+//!
+//! On CUDA the prefill products go through cuBLAS, loaded at run time: put `libcublas.so` on the
+//! loader's path (e.g. `LD_LIBRARY_PATH=/usr/local/cuda/lib64`), or they fall back to Burn's matmul.
 //!
 //! Prints a markdown report and writes it to `--out`:
 //! 1. device-to-device copy bandwidth (an element-wise `x · 1` over 1 GiB, bytes read + written);
@@ -399,6 +402,233 @@ fn matmul_table(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
     }
 }
 
+/// `--matmul-sweep`: every cubek matmul strategy (inferred blueprints, and the ordered double-buffered
+/// one over its row/partition knobs) at the prefill products' shapes, launched directly (no autotune),
+/// against Burn's autotuned `matmul` on the same operands. Median of 5 after 2 warm-ups.
+fn matmul_sweep(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
+    use cubek::matmul::components::tile::TileMatmulKind::{Cmma, Mma};
+    use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
+    use cubek::matmul::launch::{launch_ref, Strategy};
+    use cubek::matmul::routines::double_buffering::DoubleBufferingArgs;
+    use cubek::matmul::routines::ordered_double_buffering::OrderedSelectionArgs;
+    use cubek::matmul::routines::simple::SimpleArgs;
+    use cubek::matmul::routines::specialized::SpecializedStrategy;
+    use cubek::matmul::routines::BlueprintStrategy::Inferred;
+    use cubek::std::InputBinding;
+
+    macro_rules! simple {
+        ($k:expr, $m:expr) => {
+            Inferred(SimpleArgs { tile_matmul: $k, multi_rows: $m })
+        };
+    }
+    macro_rules! double {
+        ($k:expr, $s:expr) => {
+            Inferred(DoubleBufferingArgs { tile_matmul: $k, specialized: $s })
+        };
+    }
+    macro_rules! spec {
+        ($k:expr) => {
+            Inferred(SpecializedStrategy { tile_matmul: $k })
+        };
+    }
+    let mut strategies: Vec<Strategy> = Vec::new();
+    for k in [Cmma, Mma] {
+        // The CMMA or MMA variant of a strategy, as `k` says.
+        macro_rules! pair {
+            ($cmma:ident, $mma:ident, $args:expr) => {
+                match k {
+                    Cmma => Strategy::$cmma($args),
+                    _ => Strategy::$mma($args),
+                }
+            };
+        }
+        strategies.extend([
+            pair!(SimpleCyclicCmma, SimpleCyclicMma, simple!(k, false)),
+            pair!(SimpleCyclicCmma, SimpleCyclicMma, simple!(k, true)),
+            pair!(SimpleTmaCmma, SimpleTmaMma, simple!(k, false)),
+            pair!(SimpleTmaCmma, SimpleTmaMma, simple!(k, true)),
+            pair!(DoubleCyclicCmma, DoubleCyclicMma, double!(k, false)),
+            pair!(DoubleCyclicCmma, DoubleCyclicMma, double!(k, true)),
+            pair!(DoubleTmaCmma, DoubleTmaMma, double!(k, false)),
+            pair!(DoubleTmaCmma, DoubleTmaMma, double!(k, true)),
+            pair!(DoubleHybridCmma, DoubleHybridMma, double!(k, false)),
+            pair!(DoubleAsyncCyclicCmma, DoubleAsyncCyclicMma, double!(k, false)),
+            pair!(DoubleAsyncStridedCmma, DoubleAsyncStridedMma, double!(k, false)),
+            pair!(SpecializedCyclicCmma, SpecializedCyclicMma, spec!(k)),
+            pair!(SpecializedStridedCmma, SpecializedStridedMma, spec!(k)),
+            pair!(SpecializedTmaCmma, SpecializedTmaMma, spec!(k)),
+        ]);
+        for row_count in [Some(8), Some(16)] {
+            for rows_per_plane in [Some(1), Some(2), Some(4)] {
+                for partition_k in [Some(1), Some(2)] {
+                    let args = OrderedSelectionArgs { tile_matmul: k, partition_k, row_count, rows_per_plane };
+                    strategies.push(match k {
+                        Cmma => Strategy::OrderedDoubleCmma(Inferred(args)),
+                        _ => Strategy::OrderedDoubleMma(Inferred(args)),
+                    });
+                }
+            }
+        }
+    }
+    // (product, m, k, n, rhs contiguous): the loader's transposed views first, most time first.
+    let shapes: [(&str, usize, usize, usize, bool); 8] = [
+        ("in_proj", 2048, 4096, 16384, false),
+        ("out_proj", 2048, 8192, 4096, false),
+        ("x_proj", 2048, 8192, 288, false),
+        ("dt_proj", 2048, 256, 8192, false),
+        ("in_proj", 2048, 4096, 16384, true),
+        ("out_proj", 2048, 8192, 4096, true),
+        ("in_proj", 8192, 4096, 16384, false),
+        ("out_proj", 8192, 8192, 4096, false),
+    ];
+    let only: Option<Vec<String>> =
+        std::env::var("VIPER_SWEEP_ONLY").ok().map(|v| v.split(',').map(String::from).collect());
+    writeln!(report, "| product | m | rhs | strategy | time | TFLOP/s |\n|---|---:|---|---|---:|---:|").unwrap();
+    let bf16 = DType::BF16;
+    for (name, m, k, n, contiguous) in shapes {
+        let flop = 2.0 * (m * k * n) as f64;
+        let x = rand::<Plain, 2>([m, k], -1.0, 1.0, bf16, dev);
+        {
+            let (layout, w) = match contiguous {
+                false => ("view", rand::<Plain, 2>([n, k], -0.05, 0.05, bf16, dev).transpose()),
+                true => ("contiguous", rand::<Plain, 2>([k, n], -0.05, 0.05, bf16, dev)),
+            };
+            let mut line = |what: &str, t: Option<f64>| {
+                let l = match t {
+                    Some(t) => {
+                        format!("| {name} | {m} | {layout} | {what} | {:.1} µs | {:.0} |", t * 1e6, flop / t / 1e12)
+                    }
+                    None => format!("| {name} | {m} | {layout} | {what} | failed | |"),
+                };
+                println!("{l}");
+                writeln!(report, "{l}").unwrap();
+            };
+            let t = time::<Plain>(dev, 2, 5, || drop(x.clone().matmul(w.clone())));
+            line("Burn matmul (autotune)", Some(t));
+            let reference = x.clone().matmul(w.clone()).cast(FloatDType::F32);
+            for s in &strategies {
+                let label = s.to_string();
+                if only.as_ref().is_some_and(|o| !o.iter().any(|p| label.contains(p.as_str()))) {
+                    continue;
+                }
+                let run = || -> Option<Tensor<Plain, 2>> {
+                    let out = Tensor::<Plain, 2>::empty([m, n], (dev, bf16));
+                    let (xp, wp, op) = (
+                        x.clone().into_primitive().tensor(),
+                        w.clone().into_primitive().tensor(),
+                        out.clone().into_primitive().tensor(),
+                    );
+                    let client = op.client.clone();
+                    let dt: cubecl::ir::StorageType = bf16.into();
+                    let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems { lhs: dt, rhs: dt, out: dt });
+                    launch_ref(
+                        s,
+                        &client,
+                        InputBinding::new(xp.binding(), dt),
+                        InputBinding::new(wp.binding(), dt),
+                        op.binding(),
+                        &mut dtypes,
+                    )
+                    .ok()?;
+                    Some(out)
+                };
+                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let out = run()?;
+                    let err = (out.cast(FloatDType::F32) - reference.clone()).abs().max().into_scalar().to_f32();
+                    let scale = reference.clone().abs().max().into_scalar().to_f32();
+                    Some(err <= 0.05 * scale)
+                }));
+                match ok {
+                    Ok(Some(true)) => {
+                        let t = time::<Plain>(dev, 2, 5, || drop(run()));
+                        line(&label, Some(t));
+                    }
+                    Ok(Some(false)) => line(&format!("{label} (wrong result)"), None),
+                    _ => line(&label, None),
+                }
+            }
+        }
+    }
+}
+
+/// `--cublas`: the cost of the host synchronisation around each cuBLAS projection (CubeCL does not
+/// expose its stream, see `viper_ssm::cublas`), split into its parts, next to the GEMM itself.
+fn cublas_overhead(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
+    let bf16 = DType::BF16;
+    let x = rand::<Plain, 3>([1, 2048, D_MODEL], -1.0, 1.0, bf16, dev);
+    let x16 = rand::<Plain, 3>([1, 16, D_MODEL], -1.0, 1.0, bf16, dev);
+    let w = rand::<Plain, 2>([2 * D_INNER, D_MODEL], -0.05, 0.05, bf16, dev).transpose();
+    let small = rand::<Plain, 1>([4096], -1.0, 1.0, bf16, dev);
+    let prim = x16.clone().into_primitive().tensor();
+    let client = prim.client.clone();
+    writeln!(report, "| per call | time |\n|---|---:|").unwrap();
+    let mut line = |what: &str, t: f64| {
+        let l = format!("| {what} | {:.1} µs |", t * 1e6);
+        println!("{l}");
+        writeln!(report, "{l}").unwrap();
+    };
+    line(
+        "client.sync() on an idle GPU",
+        time_batched::<Plain>(dev, 200, || {
+            cubecl::future::block_on(client.sync()).unwrap();
+        }),
+    );
+    line(
+        "client.get_resource",
+        time_batched::<Plain>(dev, 200, || {
+            drop(client.get_resource(prim.handle.clone()).unwrap());
+        }),
+    );
+    line(
+        "add (4096) + sync",
+        time_batched::<Plain>(dev, 200, || {
+            drop(small.clone() + 1.0);
+            cubecl::future::block_on(client.sync()).unwrap();
+        }),
+    );
+    line(
+        "projection 16 × 4096 → 16384 (cuBLAS, with its syncs)",
+        time_batched::<Plain>(dev, 200, || {
+            drop(Plain::projection(x16.clone(), w.clone(), None));
+        }),
+    );
+    line(
+        "add + projection 16 rows",
+        time_batched::<Plain>(dev, 200, || {
+            drop(small.clone() + 1.0);
+            drop(Plain::projection(x16.clone(), w.clone(), None));
+        }),
+    );
+    line(
+        "projection 2048 × 4096 → 16384 (cuBLAS, with its syncs)",
+        time_batched::<Plain>(dev, 20, || {
+            drop(Plain::projection(x.clone(), w.clone(), None));
+        }),
+    );
+    line(
+        "empty [1, 2048, 16384] bf16 + get_resource + sync",
+        time_batched::<Plain>(dev, 20, || {
+            let o = Tensor::<Plain, 3>::empty([1, 2048, 2 * D_INNER], (dev, bf16)).into_primitive().tensor();
+            drop(client.get_resource(o.handle.clone()).unwrap());
+            cubecl::future::block_on(client.sync()).unwrap();
+        }),
+    );
+    let (xp, wp) = (x.clone().into_primitive().tensor(), w.clone().into_primitive().tensor());
+    let o = Tensor::<Plain, 3>::empty([1, 2048, 2 * D_INNER], (dev, bf16)).into_primitive().tensor();
+    line(
+        "cublas::linear 2048 rows into a kept output",
+        time_batched::<Plain>(dev, 20, || {
+            viper_ssm::cublas::linear(&xp, &wp, &o).unwrap();
+        }),
+    );
+    line(
+        "Burn matmul 2048 × 4096 → 16384",
+        time_batched::<Plain>(dev, 20, || {
+            drop(x.clone().matmul(w.clone().unsqueeze::<3>()));
+        }),
+    );
+}
+
 /// `--host`: the host's cost of each op of a decode step, queued onto an idle GPU (20 calls after a
 /// sync, median of 5 such batches, per call), on the plain backend at falcon-mamba-7b's shapes.
 fn host_table(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
@@ -608,6 +838,16 @@ fn main() {
     }
     if args.iter().any(|a| a == "--host") {
         host_table(&dev, &mut report);
+        std::fs::write(&out, &report).expect("write report");
+        return;
+    }
+    if args.iter().any(|a| a == "--cublas") {
+        cublas_overhead(&dev, &mut report);
+        std::fs::write(&out, &report).expect("write report");
+        return;
+    }
+    if args.iter().any(|a| a == "--matmul-sweep") {
+        matmul_sweep(&dev, &mut report);
         std::fs::write(&out, &report).expect("write report");
         return;
     }

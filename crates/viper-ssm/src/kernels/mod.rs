@@ -36,6 +36,11 @@ pub const SCAN_BLOCK_WARPS: usize = 8;
 /// Δ, Δu, y and z (4 × 8) in registers while amortising a group's barrier and fold over 32 elements.
 pub const SCAN_BLOCK_ITEMS: usize = 8;
 
+/// Rows from which the CUDA runtime's projections go through cuBLAS (the `cublas` module): the GEMV
+/// covers up to `GEMV_MAX_ROWS`; in between, Burn's product. Each cuBLAS call costs two host
+/// synchronisations, worth it once the product is a prefill's.
+pub const CUBLAS_MIN_ROWS: usize = 16;
+
 /// Threads per cube of the element-wise launches (conv).
 const ELEMWISE_CUBE: u32 = 256;
 

@@ -1,0 +1,174 @@
+//! Prefill projections through cuBLAS on the CUDA runtime.
+//!
+//! Burn 0.21's bf16 matmul (cubek) reaches 200–280 TFLOP/s on an H200 at the prefill shapes (every
+//! strategy, swept in BENCHMARKS.md); the products are ~80 % of a prefill layer. cuBLAS is what the
+//! PyTorch reference itself runs, so its results also match the reference's rounding more closely.
+//!
+//! cuBLAS is loaded at run time (cudarc's dynamic loading): where `libcublas` cannot be found or
+//! initialised, [`linear`] returns `None` (logged once) and the caller falls back to Burn's matmul.
+//!
+//! CubeCL runs its kernels on its own non-blocking stream, which it does not expose, so a product is
+//! ordered by host synchronisation: wait for CubeCL's queue, run the GEMM on our stream, wait for it.
+//! At prefill sizes (≥ 100 µs per GEMM) the two waits cost a few percent; decode uses the GEMV kernel.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::ffi::{c_int, c_void};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use burn::tensor::DType;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
+use cubecl::client::ComputeClient;
+use cubecl::cuda::{CudaDevice, CudaRuntime};
+use cudarc::cublas::{result as blas, sys, CudaBlas};
+use cudarc::driver::{CudaContext, CudaStream};
+
+/// Whether `libcublas` can be loaded (the products then go through it on CUDA devices).
+pub fn available() -> bool {
+    // SAFETY: only probes whether the library can be opened.
+    unsafe { sys::is_culib_present() }
+}
+
+/// A cuBLAS handle bound to a stream of CubeCL's (primary) context on one device.
+struct Gemm {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+}
+
+/// A device's GEMM state, shared by the threads that use the device.
+type SharedGemm = Arc<Mutex<Gemm>>;
+
+/// One entry per device ordinal; `None` once setting it up failed (logged once).
+fn gemm_for(ordinal: usize) -> Option<SharedGemm> {
+    static GEMMS: OnceLock<Mutex<HashMap<usize, Option<SharedGemm>>>> = OnceLock::new();
+    let mut map = GEMMS.get_or_init(Default::default).lock().ok()?;
+    map.entry(ordinal)
+        .or_insert_with(|| {
+            if !available() {
+                log::warn!("libcublas not found: prefill projections use Burn's matmul");
+                return None;
+            }
+            let setup = || -> Result<Gemm, String> {
+                let ctx = CudaContext::new(ordinal).map_err(|e| format!("{e:?}"))?;
+                let stream = ctx.new_stream().map_err(|e| format!("{e:?}"))?;
+                let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("{e:?}"))?;
+                Ok(Gemm { ctx, stream, blas })
+            };
+            match setup() {
+                Ok(g) => {
+                    log::info!("prefill projections on device {ordinal} use cuBLAS");
+                    Some(Arc::new(Mutex::new(g)))
+                }
+                Err(e) => {
+                    log::warn!("cuBLAS setup failed on device {ordinal} ({e}): prefill projections use Burn's matmul");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// Row stride of a `[b, l, c]` tensor viewed as `b·l` rows of `c` unit-stride elements, if it is one.
+fn row_stride(shape: &[usize], strides: &[usize]) -> Option<usize> {
+    let (b, l, c) = (shape[0], shape[1], shape[2]);
+    if strides[2] != 1 && c > 1 {
+        return None;
+    }
+    let rs = match (b, l) {
+        (1, _) => strides[1],
+        (_, 1) => strides[0],
+        _ if strides[0] == l * strides[1] => strides[1],
+        _ => return None,
+    };
+    (rs >= c).then_some(rs)
+}
+
+/// `out = x · w` for `x` `[b, l, k]`, `w` `[k, n]` and `out` an unwritten `[b, l, n]`, all of one dtype
+/// (f32, bf16 or f16; f32 accumulation, no TF32). Returns `None`, having written nothing, where the
+/// runtime is not CUDA, the layouts are not GEMM-able as they are, or cuBLAS is unavailable.
+pub fn linear<R: CubeRuntime>(x: &CubeTensor<R>, w: &CubeTensor<R>, out: &CubeTensor<R>) -> Option<()> {
+    let client = (&x.client as &dyn Any).downcast_ref::<ComputeClient<CudaRuntime>>()?;
+    let ordinal = (&x.device as &dyn Any).downcast_ref::<CudaDevice>()?.index;
+    let data_type = match x.dtype {
+        DType::F32 => sys::cudaDataType::CUDA_R_32F,
+        DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
+        DType::F16 => sys::cudaDataType::CUDA_R_16F,
+        _ => return None,
+    };
+    if w.dtype != x.dtype || out.dtype != x.dtype {
+        return None;
+    }
+    let (xs, ws, os) = (x.meta.shape(), w.meta.shape(), out.meta.shape());
+    let (m, k, n) = (xs[0] * xs[1], xs[2], ws[1]);
+    if ws[0] != k || os[0] != xs[0] || os[1] != xs[1] || os[2] != n || m == 0 || n == 0 || k == 0 {
+        return None;
+    }
+    let ldb = row_stride(xs, x.meta.strides())?;
+    let ldc = row_stride(os, out.meta.strides())?;
+    // Column-major view: outᵀ (n × m) = op(W) (n × k) · xᵀ (k × m). A `[k, n]` weight with strides
+    // (1, s) — the transposed view of PyTorch's `[n, k]` buffer, as the loader builds it — is a
+    // column-major k × n matrix (transposed: T); with strides (s, 1) it is column-major n × k (N).
+    let wst = w.meta.strides();
+    let (transa, lda) = if (wst[0] == 1 || k == 1) && wst[1] >= k {
+        (sys::cublasOperation_t::CUBLAS_OP_T, wst[1])
+    } else if (wst[1] == 1 || n == 1) && wst[0] >= n {
+        (sys::cublasOperation_t::CUBLAS_OP_N, wst[0])
+    } else {
+        return None;
+    };
+    let int = |v: usize| c_int::try_from(v).ok();
+    let (mi, ni, ki, lda, ldb, ldc) = (int(m)?, int(n)?, int(k)?, int(lda)?, int(ldb)?, int(ldc)?);
+    let gemm = gemm_for(ordinal)?;
+    let gemm = gemm.lock().ok()?;
+
+    // Pointers first (this also allocates `out`), while CubeCL's queue may still be running: the
+    // round trips then overlap GPU work. Then everything queued on CubeCL's stream (the producers of
+    // x) must be done before our stream reads.
+    let rx = client.get_resource(x.handle.clone()).ok()?;
+    let rw = client.get_resource(w.handle.clone()).ok()?;
+    let ro = client.get_resource(out.handle.clone()).ok()?;
+    cubecl::future::block_on(client.sync()).ok()?;
+    gemm.ctx.bind_to_thread().ok()?;
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    // f32 stays f32 (PEDANTIC: never TF32, whatever the handle's math mode or NVIDIA_TF32_OVERRIDE).
+    let compute = match x.dtype {
+        DType::F32 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_PEDANTIC,
+        _ => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+    };
+    // SAFETY: the pointers are live CubeCL allocations (the tensors and the resources are held until
+    // the stream has finished); shapes and leading dimensions were checked against their strides above.
+    let done = unsafe {
+        blas::gemm_ex(
+            *gemm.blas.handle(),
+            transa,
+            sys::cublasOperation_t::CUBLAS_OP_N,
+            ni,
+            mi,
+            ki,
+            &alpha as *const f32 as *const c_void,
+            rw.resource().ptr as *const c_void,
+            data_type,
+            lda,
+            rx.resource().ptr as *const c_void,
+            data_type,
+            ldb,
+            &beta as *const f32 as *const c_void,
+            ro.resource().ptr as *mut c_void,
+            data_type,
+            ldc,
+            compute,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    };
+    // Our stream must be done before CubeCL's next kernels read `out` (or reuse x's memory).
+    let synced = gemm.stream.synchronize();
+    match (done, synced) {
+        (Ok(()), Ok(())) => Some(()),
+        (d, s) => {
+            log::warn!("cuBLAS GEMM failed ({d:?}, {s:?}); falling back to Burn's matmul");
+            None
+        }
+    }
+}
