@@ -4,12 +4,14 @@
 //! strategy, swept in BENCHMARKS.md); the products are ~80 % of a prefill layer. cuBLAS is what the
 //! PyTorch reference itself runs, so its results also match the reference's rounding more closely.
 //!
-//! cuBLAS is loaded at run time (cudarc's dynamic loading): where `libcublas` cannot be found or
-//! initialised, [`linear`] returns `None` (logged once) and the caller falls back to Burn's matmul.
+//! cuBLAS is loaded at run time (cudarc's dynamic loading, see [`available`]): where `libcublas`
+//! cannot be found or initialised, [`linear`] returns `None` (logged once) and the caller falls back
+//! to Burn's matmul.
 //!
 //! CubeCL runs its kernels on its own non-blocking stream, which it does not expose, so a product is
 //! ordered by host synchronisation: wait for CubeCL's queue, run the GEMM on our stream, wait for it.
-//! At prefill sizes (≥ 100 µs per GEMM) the two waits cost a few percent; decode uses the GEMV kernel.
+//! The GPU idles during those waits: at L = 2048 on an H200 they are about a third of a prefill's time
+//! (BENCHMARKS.md), still far less than the matmul time saved. Decode (≤ 8 rows) uses the GEMV kernel.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -24,10 +26,59 @@ use cubecl::cuda::{CudaDevice, CudaRuntime};
 use cudarc::cublas::{result as blas, sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaStream};
 
-/// Whether `libcublas` can be loaded (the products then go through it on CUDA devices).
+/// Whether `libcublas` can be loaded (the products then go through it on CUDA devices): from the
+/// loader's path, else from the CUDA toolkit's usual directories (`$CUDA_PATH`, `$CUDA_HOME`,
+/// `/usr/local/cuda*`), which toolkit installs often leave off it.
 pub fn available() -> bool {
-    // SAFETY: only probes whether the library can be opened.
-    unsafe { sys::is_culib_present() }
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        // SAFETY: only probes whether the library can be opened.
+        let present = || unsafe { sys::is_culib_present() };
+        present() || (preload_from_toolkit() && present())
+    })
+}
+
+/// Opens `libcublas.so.{13,12}` from the toolkit's directories and keeps it loaded, so that cudarc's
+/// own lookup by soname finds it. Returns whether one was opened.
+fn preload_from_toolkit() -> bool {
+    use std::path::PathBuf;
+    let mut dirs: Vec<PathBuf> = ["CUDA_PATH", "CUDA_HOME", "CUDA_ROOT"]
+        .iter()
+        .filter_map(std::env::var_os)
+        .flat_map(|root| {
+            let root = PathBuf::from(root);
+            [root.join("lib64"), root.join("targets/x86_64-linux/lib"), root.join("lib")]
+        })
+        .collect();
+    if let Ok(entries) = std::fs::read_dir("/usr/local") {
+        let mut roots: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("cuda")))
+            .collect();
+        roots.sort();
+        roots.reverse(); // `cuda` (the usual symlink) after the versioned ones, newest version first
+        dirs.extend(roots.into_iter().flat_map(|r| [r.join("lib64"), r.join("targets/x86_64-linux/lib")]));
+    }
+    for dir in dirs {
+        for name in ["libcublas.so.13", "libcublas.so.12"] {
+            let path = dir.join(name);
+            if !path.is_file() {
+                continue;
+            }
+            // SAFETY: loading cuBLAS runs only its initialisers; the handle is leaked on purpose so
+            // the library stays mapped for cudarc, which opens it again by soname.
+            match unsafe { libloading::Library::new(&path) } {
+                Ok(lib) => {
+                    std::mem::forget(lib);
+                    log::info!("cuBLAS loaded from {}", path.display());
+                    return true;
+                }
+                Err(e) => log::debug!("cannot open {}: {e}", path.display()),
+            }
+        }
+    }
+    false
 }
 
 /// A cuBLAS handle bound to a stream of CubeCL's (primary) context on one device.

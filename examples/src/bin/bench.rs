@@ -6,8 +6,8 @@
 //!       [--prefill-only L] [--host] [--matmul] [--matmul-sweep] [--cublas] [--profile-host STEPS]
 //! ```
 //!
-//! On CUDA the prefill products go through cuBLAS, loaded at run time: put `libcublas.so` on the
-//! loader's path (e.g. `LD_LIBRARY_PATH=/usr/local/cuda/lib64`), or they fall back to Burn's matmul.
+//! On CUDA the prefill products go through cuBLAS, loaded at run time from the loader's path or the
+//! CUDA toolkit's directories (see `viper_ssm::cublas::available`); else they fall back to Burn's matmul.
 //!
 //! Prints a markdown report and writes it to `--out`:
 //! 1. device-to-device copy bandwidth (an element-wise `x · 1` over 1 GiB, bytes read + written);
