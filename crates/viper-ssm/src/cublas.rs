@@ -18,7 +18,8 @@ use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use burn::tensor::DType;
+use burn::tensor::{DType, Shape};
+use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::client::ComputeClient;
@@ -136,10 +137,10 @@ fn row_stride(shape: &[usize], strides: &[usize]) -> Option<usize> {
     (rs >= c).then_some(rs)
 }
 
-/// `out = x · w` for `x` `[b, l, k]`, `w` `[k, n]` and `out` an unwritten `[b, l, n]`, all of one dtype
-/// (f32, bf16 or f16; f32 accumulation, no TF32). Returns `None`, having written nothing, where the
-/// runtime is not CUDA, the layouts are not GEMM-able as they are, or cuBLAS is unavailable.
-pub fn linear<R: CubeRuntime>(x: &CubeTensor<R>, w: &CubeTensor<R>, out: &CubeTensor<R>) -> Option<()> {
+/// `x · w` for `x` `[b, l, k]` and `w` `[k, n]` of one dtype (f32, bf16 or f16; f32 accumulation, no
+/// TF32), into a new `[b, l, n]`. Returns `None`, having launched nothing, where the runtime is not
+/// CUDA, the layouts are not GEMM-able as they are, or cuBLAS is unavailable.
+pub fn linear<R: CubeRuntime>(x: &CubeTensor<R>, w: &CubeTensor<R>) -> Option<CubeTensor<R>> {
     let client = (&x.client as &dyn Any).downcast_ref::<ComputeClient<CudaRuntime>>()?;
     let ordinal = (&x.device as &dyn Any).downcast_ref::<CudaDevice>()?.index;
     let data_type = match x.dtype {
@@ -148,16 +149,12 @@ pub fn linear<R: CubeRuntime>(x: &CubeTensor<R>, w: &CubeTensor<R>, out: &CubeTe
         DType::F16 => sys::cudaDataType::CUDA_R_16F,
         _ => return None,
     };
-    if w.dtype != x.dtype || out.dtype != x.dtype {
-        return None;
-    }
-    let (xs, ws, os) = (x.meta.shape(), w.meta.shape(), out.meta.shape());
+    let (xs, ws) = (x.meta.shape(), w.meta.shape());
     let (m, k, n) = (xs[0] * xs[1], xs[2], ws[1]);
-    if ws[0] != k || os[0] != xs[0] || os[1] != xs[1] || os[2] != n || m == 0 || n == 0 || k == 0 {
+    if w.dtype != x.dtype || ws[0] != k || m == 0 || n == 0 || k == 0 {
         return None;
     }
     let ldb = row_stride(xs, x.meta.strides())?;
-    let ldc = row_stride(os, out.meta.strides())?;
     // Column-major view: outᵀ (n × m) = op(W) (n × k) · xᵀ (k × m). A `[k, n]` weight with strides
     // (1, s) — the transposed view of PyTorch's `[n, k]` buffer, as the loader builds it — is a
     // column-major k × n matrix (transposed: T); with strides (s, 1) it is column-major n × k (N).
@@ -169,14 +166,17 @@ pub fn linear<R: CubeRuntime>(x: &CubeTensor<R>, w: &CubeTensor<R>, out: &CubeTe
     } else {
         return None;
     };
+    let out = empty_device_dtype(x.client.clone(), x.device.clone(), Shape::new([xs[0], xs[1], n]), x.dtype);
+    // (The allocator may pitch `out`'s rows: its strides are read, not assumed.)
+    let ldc = row_stride(out.meta.shape(), out.meta.strides())?;
     let int = |v: usize| c_int::try_from(v).ok();
     let (mi, ni, ki, lda, ldb, ldc) = (int(m)?, int(n)?, int(k)?, int(lda)?, int(ldb)?, int(ldc)?);
     let gemm = gemm_for(ordinal)?;
     let gemm = gemm.lock().ok()?;
 
-    // Pointers first (this also allocates `out`), while CubeCL's queue may still be running: the
-    // round trips then overlap GPU work. Then everything queued on CubeCL's stream (the producers of
-    // x) must be done before our stream reads.
+    // Pointers first, while CubeCL's queue may still be running: the round trips then overlap GPU
+    // work. Then everything queued on CubeCL's stream (the producers of x) must be done before our
+    // stream reads.
     let rx = client.get_resource(x.handle.clone()).ok()?;
     let rw = client.get_resource(w.handle.clone()).ok()?;
     let ro = client.get_resource(out.handle.clone()).ok()?;
@@ -216,7 +216,7 @@ pub fn linear<R: CubeRuntime>(x: &CubeTensor<R>, w: &CubeTensor<R>, out: &CubeTe
     // Our stream must be done before CubeCL's next kernels read `out` (or reuse x's memory).
     let synced = gemm.stream.synchronize();
     match (done, synced) {
-        (Ok(()), Ok(())) => Some(()),
+        (Ok(()), Ok(())) => Some(out),
         (d, s) => {
             log::warn!("cuBLAS GEMM failed ({d:?}, {s:?}); falling back to Burn's matmul");
             None
