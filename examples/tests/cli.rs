@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use viper_checkpoint::{max_errors, Checkpoint};
 
 fn reference(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/reference").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/reference").join(name)
 }
 
 fn viper(args: &[&str]) -> Output {

@@ -10,7 +10,7 @@ use viper_processor::ImageLoader;
 type B = NdArray;
 
 fn reference_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/reference").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/reference").join(name)
 }
 
 /// A copy of a reference checkpoint with `config.json` edited.

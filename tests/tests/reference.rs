@@ -1,4 +1,4 @@
-//! Every case of every checkpoint in fixtures/reference (upstream Viper outputs, see its
+//! Every case of every checkpoint in tests/fixtures/reference (upstream Viper outputs, see its
 //! UPSTREAM_README.md): prompt ids, each intermediate tensor, last-position logits and 16 greedy
 //! tokens, through the public pipeline on the NdArray backend.
 
@@ -13,7 +13,7 @@ use viper_processor::ImageLoader;
 type B = NdArray;
 
 fn reference_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/reference").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/reference").join(name)
 }
 
 fn host<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
