@@ -17,4 +17,7 @@ pub use generate::{generate, FinishReason, Generation, GenerationConfig};
 pub use lm::{LanguageModel, Logits};
 pub use pipeline::{ChatSession, PreparedPrompt, Viper};
 pub use sampling::{Sampler, SamplingConfig};
+// What an app needs besides the backend type, so that `viper-model` is its one viper dependency.
+pub use viper_processor::{ImageLoader, RgbImage};
+pub use viper_ssm::SsmBackend;
 pub use viper::{ImageEncoding, Language, ViperCache, ViperLoadOptions, ViperModel, VisionSide};
