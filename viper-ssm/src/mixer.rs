@@ -101,24 +101,41 @@ impl<B: SsmBackend> MambaMixer<B> {
         })
     }
 
-    /// A mixer with random, non-degenerate weights (benchmarks and tests): A_log = log(1..=N) plus
+    /// A mixer with random, non-degenerate f32 weights (benchmarks and tests): A_log = log(1..=N) plus
     /// noise, dt bias giving Δ in [0.001, 0.1], unit-variance projections.
     pub fn random(config: &MambaConfig, device: &B::Device) -> Self {
-        use burn::tensor::Distribution;
+        Self::random_as(config, burn::tensor::DType::F32, device)
+    }
+
+    /// [`random`](Self::random) with every weight in the float type `dtype`. The projections, conv taps, D
+    /// and norm weights are drawn in `dtype` directly (no f32 copy of the large matrices); A_log and the dt
+    /// bias are computed in f32 and cast.
+    pub fn random_as(config: &MambaConfig, dtype: burn::tensor::DType, device: &B::Device) -> Self {
+        use burn::tensor::{DType, Distribution, FloatDType};
+        fn cast<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+            if t.dtype() == dtype {
+                t
+            } else {
+                t.cast(FloatDType::from(dtype))
+            }
+        }
         let c = config;
-        let normal =
-            |shape: [usize; 2], std: f64| Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, std), device);
-        let vec = |n: usize, lo: f64, hi: f64| Tensor::<B, 1>::random([n], Distribution::Uniform(lo, hi), device);
+        let normal = |shape: [usize; 2], std: f64, dtype: DType| {
+            Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, std), (device, dtype))
+        };
+        let vec = |n: usize, lo: f64, hi: f64, dtype: DType| {
+            Tensor::<B, 1>::random([n], Distribution::Uniform(lo, hi), (device, dtype))
+        };
         // Linear weights are stored as PyTorch's [out, in], used transposed (see `Weights::linear`).
         let linear = |d_in: usize, d_out: usize| Linear {
-            weight: Param::from_tensor(normal([d_out, d_in], (d_in as f64).powf(-0.5)).transpose()),
+            weight: Param::from_tensor(normal([d_out, d_in], (d_in as f64).powf(-0.5), dtype).transpose()),
             bias: None,
         };
-        let n = Tensor::<B, 1, Int>::arange(1..c.d_state as i64 + 1, device).float().log();
-        let a_log = n.unsqueeze::<2>().repeat_dim(0, c.d_inner) + normal([c.d_inner, c.d_state], 0.1);
-        let dt = vec(c.d_inner, 0.001f64.ln(), 0.1f64.ln()).exp();
+        let n = cast(Tensor::<B, 1, Int>::arange(1..c.d_state as i64 + 1, device).float(), DType::F32).log();
+        let a_log = n.unsqueeze::<2>().repeat_dim(0, c.d_inner) + normal([c.d_inner, c.d_state], 0.1, DType::F32);
+        let dt = vec(c.d_inner, 0.001f64.ln(), 0.1f64.ln(), DType::F32).exp();
         let dt_bias = dt.clone() + (-(dt.neg().exp())).log1p(); // inverse softplus
-        let norm = |d: usize, eps: f64| RmsNorm { weight: Param::from_tensor(vec(d, 0.8, 1.2)), eps };
+        let norm = |d: usize, eps: f64| RmsNorm { weight: Param::from_tensor(vec(d, 0.8, 1.2, dtype)), eps };
         let norms = match c.variant {
             MambaVariant::Jamba { rms_eps } => Some(DtBcNorms {
                 dt_layernorm: norm(c.dt_rank, rms_eps),
@@ -129,13 +146,13 @@ impl<B: SsmBackend> MambaMixer<B> {
         };
         Self {
             in_proj: linear(c.d_model, 2 * c.d_inner),
-            conv_weight: Param::from_tensor(normal([c.d_inner, c.d_conv], 0.5)),
-            conv_bias: c.conv_bias.then(|| Param::from_tensor(vec(c.d_inner, -0.2, 0.2))),
+            conv_weight: Param::from_tensor(normal([c.d_inner, c.d_conv], 0.5, dtype)),
+            conv_bias: c.conv_bias.then(|| Param::from_tensor(vec(c.d_inner, -0.2, 0.2, dtype))),
             x_proj: linear(c.d_inner, c.dt_rank + 2 * c.d_state),
             dt_proj: linear(c.dt_rank, c.d_inner),
-            dt_bias: Param::from_tensor(dt_bias),
-            a_log: Param::from_tensor(a_log),
-            d: Param::from_tensor(vec(c.d_inner, 0.5, 1.5)),
+            dt_bias: Param::from_tensor(cast(dt_bias, dtype)),
+            a_log: Param::from_tensor(cast(a_log, dtype)),
+            d: Param::from_tensor(vec(c.d_inner, 0.5, 1.5, dtype)),
             out_proj: linear(c.d_inner, c.d_model),
             norms,
             config: config.clone(),

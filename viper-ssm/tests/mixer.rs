@@ -103,3 +103,40 @@ fn invalid_configs_are_rejected() {
     c.d_conv = 1;
     assert!(c.validate().unwrap_err().to_string().contains("conv kernel"));
 }
+
+#[test]
+fn random_as_gives_every_weight_the_dtype() {
+    use burn::tensor::DType;
+    let dev = Default::default();
+    let c = config(MambaVariant::Jamba { rms_eps: 1e-6 });
+    // `random` is `random_as` in f32: the same draws, in the same order.
+    B::seed(&dev, 5);
+    let a = MambaMixer::<B>::random(&c, &dev);
+    B::seed(&dev, 5);
+    let b = MambaMixer::<B>::random_as(&c, DType::F32, &dev);
+    assert_eq!(a.in_proj.weight.val().into_data(), b.in_proj.weight.val().into_data());
+    assert_eq!(a.a_log.val().into_data(), b.a_log.val().into_data());
+    assert_eq!(a.dt_bias.val().into_data(), b.dt_bias.val().into_data());
+
+    let m = MambaMixer::<B>::random_as(&c, DType::F64, &dev);
+    let norms = m.norms.as_ref().expect("Jamba norms");
+    let dtypes = [
+        m.in_proj.weight.val().dtype(),
+        m.conv_weight.val().dtype(),
+        m.conv_bias.as_ref().expect("conv bias").val().dtype(),
+        m.x_proj.weight.val().dtype(),
+        m.dt_proj.weight.val().dtype(),
+        m.dt_bias.val().dtype(),
+        m.a_log.val().dtype(),
+        m.d.val().dtype(),
+        m.out_proj.weight.val().dtype(),
+        norms.dt_layernorm.weight.val().dtype(),
+        norms.b_layernorm.weight.val().dtype(),
+        norms.c_layernorm.weight.val().dtype(),
+    ];
+    assert!(dtypes.iter().all(|&d| d == DType::F64), "{dtypes:?}");
+    // The dt bias is still an inverse softplus of Δ in [0.001, 0.1].
+    let delta = m.dt_bias.val().exp().log1p();
+    let (lo, hi) = (delta.clone().min().into_scalar(), delta.max().into_scalar());
+    assert!(lo >= 0.00099 && hi <= 0.1001, "Δ in [{lo}, {hi}]");
+}

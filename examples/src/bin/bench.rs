@@ -2,33 +2,39 @@
 //!
 //! ```text
 //! cargo build --release -p viper-examples --features cuda,fusion,autotune --bin bench
-//! bench [--out BENCHMARKS.md] [--layers 64] [--quick] [--kernels-only] [--decode-only] [--steps N]
-//!       [--prefill-only L] [--host] [--matmul] [--matmul-sweep] [--cublas] [--profile-host STEPS]
+//! bench [--out BENCHMARKS.md] [--json FILE] <all | kernels | decode | prefill | host-ops | matmul
+//!       | matmul-sweep | cublas | profile-host>    (`bench help <subcommand>` for its options)
 //! ```
 //!
 //! On CUDA the prefill products go through cuBLAS, loaded at run time from the loader's path or the
 //! CUDA toolkit's directories (see `viper_ssm::cublas::available`); else they fall back to Burn's matmul.
 //!
-//! Prints a markdown report and writes it to `--out`:
+//! `bench all` prints a Markdown report and writes it to `--out`:
 //! 1. device-to-device copy bandwidth (an element-wise `x · 1` over 1 GiB, bytes read + written);
 //! 2. scan and conv kernel times at d_inner 8192, d_state 16, batch 1, L ∈ {1, 512, 2048, 8192, 29000},
-//!    with the bytes each must move at least (inputs once, outputs once) over its time;
+//!    with the bytes each must move at least (inputs once, outputs once) over its time (`bench kernels`:
+//!    1 and 2 only);
 //! 3. the model: prefill tokens/s at L = 2048 and 8192, decode tokens/s at batch 1 (greedy, the token read
 //!    back every step as generation does; and with the ids kept on the device, splitting the host's
 //!    queueing time from the total), on the plain `CubeBackend` and on Burn's default `Cuda`
 //!    (fusion-wrapped when built with `fusion`).
 //!
-//! `--decode-only` runs just the plain backend's decode and `--prefill-only L` two prefills at L (for `ncu`
-//! profiles). Peak GPU memory
-//! comes from `nvidia-smi` sampled by the caller (see BENCHMARKS.md).
+//! `bench decode` runs just the plain backend's decode and `bench prefill --length L` two prefills at L
+//! (for `ncu` profiles). The old flags and the subcommands that replace them are listed in
+//! `viper_examples::bench_args`. Peak GPU memory comes from `nvidia-smi` sampled by the caller (see
+//! BENCHMARKS.md). Timing and the report writer are `viper_examples::timing`'s.
 
-use std::fmt::Write as _;
 use std::time::Instant;
 
+use anyhow::Result;
 use burn::module::Param;
 use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution, FloatDType};
+use clap::Parser;
+use viper_examples::bench_args::{BenchArgs, BenchCommand, ModelArgs};
+use viper_examples::timing::Align::{Left as L, Right as R};
+use viper_examples::timing::{self, sync, Report, Samples};
 use viper_model::falcon_mamba::{FalconMambaBlock, FalconMambaModel};
 use viper_model::{FalconMambaCache, FalconMambaConfig, FalconMambaForCausalLM, LanguageModel, Logits};
 use viper_ssm::{ConvInput, MambaMixer, RmsNorm, ScanInput, SsmBackend, StepInput};
@@ -39,43 +45,8 @@ type Default_ = burn::backend::Cuda<half::bf16>;
 const D_INNER: usize = 8192;
 const D_STATE: usize = 16;
 const D_MODEL: usize = 4096;
+const VOCAB: usize = 65024;
 const SCAN_LENGTHS: [usize; 5] = [1, 512, 2048, 8192, 29000];
-
-fn sync<B: Backend>(dev: &B::Device) {
-    B::sync(dev).expect("device sync");
-}
-
-/// Median seconds of `f` over `reps` runs (after `warm` untimed runs), each run synchronised.
-fn time<B: Backend>(dev: &B::Device, warm: usize, reps: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..warm {
-        f();
-    }
-    sync::<B>(dev);
-    let mut ts = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let t = Instant::now();
-        f();
-        sync::<B>(dev);
-        ts.push(t.elapsed().as_secs_f64());
-    }
-    ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    ts[ts.len() / 2]
-}
-
-/// Mean seconds per call over a batch of `reps` back-to-back calls (one sync at the end): for
-/// launch-bound calls where a per-call sync would dominate.
-fn time_batched<B: Backend>(dev: &B::Device, reps: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    sync::<B>(dev);
-    let t = Instant::now();
-    for _ in 0..reps {
-        f();
-    }
-    sync::<B>(dev);
-    t.elapsed().as_secs_f64() / reps as f64
-}
 
 fn rand<B: Backend, const D: usize>(
     shape: [usize; D],
@@ -90,7 +61,7 @@ fn rand<B: Backend, const D: usize>(
 fn copy_bandwidth<B: Backend>(dev: &B::Device) -> f64 {
     let n = 1usize << 28; // 1 GiB of f32
     let x = rand::<B, 1>([n], -1.0, 1.0, DType::F32, dev);
-    let s = time::<B>(dev, 3, 20, || {
+    let s = timing::median::<B>(dev, 3, 20, || {
         let _ = x.clone().mul_scalar(1.0);
     });
     2.0 * (n * 4) as f64 / s
@@ -110,14 +81,29 @@ fn scan_inputs<B: Backend>(l: usize, dtype: DType, dev: &B::Device) -> ScanInput
     }
 }
 
+/// The copy ceiling and the kernel table (`bench kernels`, the first part of `bench all`).
+fn copy_and_kernels(dev: &cubecl::cuda::CudaDevice, quick: bool, report: &mut Report) {
+    let copy_bw = copy_bandwidth::<Plain>(dev);
+    report.line(format!(
+        "Device-to-device copy (element-wise x·1 over 1 GiB f32, read + write): {:.0} GB/s",
+        copy_bw / 1e9
+    ));
+    report.heading(format!("Kernels (batch 1, d_inner {D_INNER}, d_state {D_STATE}; plain CubeBackend)"));
+    kernel_table::<Plain>(dev, copy_bw, quick, report);
+}
+
 /// Kernel table rows: L, dtype, scan time, scan bytes/s, conv time, conv bytes/s.
-fn kernel_table<B: SsmBackend>(dev: &B::Device, copy_bw: f64, quick: bool, report: &mut String) {
-    writeln!(
-        report,
-        "| L | dtype | scan time | scan min. bytes | scan bytes/s | % of copy | conv time | conv bytes/s |"
-    )
-    .unwrap();
-    writeln!(report, "|---:|---|---:|---:|---:|---:|---:|---:|").unwrap();
+fn kernel_table<B: SsmBackend>(dev: &B::Device, copy_bw: f64, quick: bool, report: &mut Report) {
+    report.header(&[
+        ("L", R),
+        ("dtype", L),
+        ("scan time", R),
+        ("scan min. bytes", R),
+        ("scan bytes/s", R),
+        ("% of copy", R),
+        ("conv time", R),
+        ("conv bytes/s", R),
+    ]);
     for dtype in [DType::BF16, DType::F32] {
         for &l in SCAN_LENGTHS.iter().filter(|&&l| !quick || l <= 2048) {
             let e = if dtype == DType::BF16 { 2 } else { 4 };
@@ -126,8 +112,11 @@ fn kernel_table<B: SsmBackend>(dev: &B::Device, copy_bw: f64, quick: bool, repor
             let scan = |x: &ScanInput<B>| {
                 let _ = if l == 1 { B::selective_state_update(x.clone()) } else { B::selective_scan(x.clone()) };
             };
-            let t_scan =
-                if l == 1 { time_batched::<B>(dev, reps, || scan(&x)) } else { time::<B>(dev, 3, reps, || scan(&x)) };
+            let t_scan = if l == 1 {
+                timing::batched::<B>(dev, 3, reps, || scan(&x))
+            } else {
+                timing::median::<B>(dev, 3, reps, || scan(&x))
+            };
             // u, Δ, z read and o written once; B, C read once; state read and written once.
             let scan_bytes = (4 * l * D_INNER + 2 * l * D_STATE + 2 * D_INNER * D_STATE) * e;
             let conv_in = ConvInput {
@@ -140,24 +129,23 @@ fn kernel_table<B: SsmBackend>(dev: &B::Device, copy_bw: f64, quick: bool, repor
                 let _ = if l == 1 { B::causal_conv1d_update(c.clone()) } else { B::causal_conv1d(c.clone()) };
             };
             let t_conv = if l == 1 {
-                time_batched::<B>(dev, reps, || conv(&conv_in))
+                timing::batched::<B>(dev, 3, reps, || conv(&conv_in))
             } else {
-                time::<B>(dev, 3, reps, || conv(&conv_in))
+                timing::median::<B>(dev, 3, reps, || conv(&conv_in))
             };
             // x read and out written once; window read and written; taps read.
             let conv_bytes = (2 * l * D_INNER + 2 * 4 * D_INNER + 5 * D_INNER) * e;
             let (bw_scan, bw_conv) = (scan_bytes as f64 / t_scan, conv_bytes as f64 / t_conv);
-            let line = format!(
-                "| {l} | {dtype:?} | {:.1} µs | {:.1} MB | {:.0} GB/s | {:.0}% | {:.1} µs | {:.0} GB/s |",
-                t_scan * 1e6,
-                scan_bytes as f64 / 1e6,
-                bw_scan / 1e9,
-                100.0 * bw_scan / copy_bw,
-                t_conv * 1e6,
-                bw_conv / 1e9
-            );
-            println!("{line}");
-            writeln!(report, "{line}").unwrap();
+            report.row([
+                l.to_string(),
+                format!("{dtype:?}"),
+                format!("{:.1} µs", t_scan * 1e6),
+                format!("{:.1} MB", scan_bytes as f64 / 1e6),
+                format!("{:.0} GB/s", bw_scan / 1e9),
+                format!("{:.0}%", 100.0 * bw_scan / copy_bw),
+                format!("{:.1} µs", t_conv * 1e6),
+                format!("{:.0} GB/s", bw_conv / 1e9),
+            ]);
         }
     }
 }
@@ -172,59 +160,52 @@ fn norm<B: Backend>(d: usize, eps: f64, dev: &B::Device) -> RmsNorm<B> {
     RmsNorm { weight: Param::from_tensor(Tensor::ones([d], (dev, DType::BF16))), eps }
 }
 
-/// falcon-mamba-7b's shapes with random bf16 weights.
-fn model<B: SsmBackend>(layers: usize, dev: &B::Device) -> FalconMambaForCausalLM<B> {
-    let config: FalconMambaConfig = serde_json::from_value(serde_json::json!({
-        "hidden_size": D_MODEL, "num_hidden_layers": layers, "vocab_size": 65024, "state_size": D_STATE,
+/// falcon-mamba-7b's config with `layers` layers.
+fn falcon_mamba_7b(layers: usize) -> FalconMambaConfig {
+    serde_json::from_value(serde_json::json!({
+        "hidden_size": D_MODEL, "num_hidden_layers": layers, "vocab_size": VOCAB, "state_size": D_STATE,
         "conv_kernel": 4, "time_step_rank": 256, "intermediate_size": D_INNER, "use_conv_bias": true,
         "residual_in_fp32": true, "tie_word_embeddings": false,
     }))
-    .expect("config");
+    .expect("static config")
+}
+
+/// falcon-mamba-7b's shapes with random bf16 weights. The mixers come from `MambaMixer::random_as`, the
+/// constructor the mixer tests use (`MambaMixer::random` is its f32 case); embedding, norms and LM head
+/// are built here, in the loader's layout.
+fn model<B: SsmBackend>(layers: usize, dev: &B::Device) -> FalconMambaForCausalLM<B> {
+    let config = falcon_mamba_7b(layers);
     let m = config.mamba();
     let blocks = (0..layers)
         .map(|_| FalconMambaBlock {
             norm: norm(D_MODEL, config.layer_norm_epsilon, dev),
-            mixer: MambaMixer {
-                in_proj: linear(D_MODEL, 2 * D_INNER, dev),
-                conv_weight: Param::from_tensor(rand([D_INNER, 4], -0.5, 0.5, DType::BF16, dev)),
-                conv_bias: Some(Param::from_tensor(rand([D_INNER], -0.5, 0.5, DType::BF16, dev))),
-                x_proj: linear(D_INNER, m.dt_rank + 2 * D_STATE, dev),
-                dt_proj: linear(m.dt_rank, D_INNER, dev),
-                dt_bias: Param::from_tensor(rand([D_INNER], -4.0, -2.0, DType::BF16, dev)),
-                a_log: Param::from_tensor(rand([D_INNER, D_STATE], 0.0, 2.7, DType::BF16, dev)),
-                d: Param::from_tensor(Tensor::ones([D_INNER], (dev, DType::BF16))),
-                out_proj: linear(D_INNER, D_MODEL, dev),
-                norms: None,
-                config: m.clone(),
-            },
+            mixer: MambaMixer::random_as(&m, DType::BF16, dev),
         })
         .collect();
     FalconMambaForCausalLM {
         backbone: FalconMambaModel {
-            embeddings: Embedding { weight: Param::from_tensor(rand([65024, D_MODEL], -1.0, 1.0, DType::BF16, dev)) },
+            embeddings: Embedding { weight: Param::from_tensor(rand([VOCAB, D_MODEL], -1.0, 1.0, DType::BF16, dev)) },
             layers: blocks,
             norm_f: norm(D_MODEL, config.layer_norm_epsilon, dev),
         },
-        lm_head: linear(D_MODEL, 65024, dev),
+        lm_head: linear(D_MODEL, VOCAB, dev),
         config,
     }
 }
 
-/// Prefill tokens/s at each L and decode tokens/s at batch 1. `decode_steps` of 0 picks the default;
-/// `prefill` false skips the prefill rows (profiling runs).
-fn model_bench<B: SsmBackend>(
-    name: &str,
-    layers: usize,
-    quick: bool,
-    prefill: bool,
-    decode_steps: usize,
-    dev: &B::Device,
-    report: &mut String,
-) {
+/// The model's table header (`bench all`, `bench decode`).
+fn model_header(report: &mut Report) {
+    report.header(&[("backend", L), ("measurement", L), ("result", R), ("time", R)]);
+}
+
+/// Prefill tokens/s at each L and decode tokens/s at batch 1; `prefill` false skips the prefill rows
+/// (`bench decode`).
+fn model_bench<B: SsmBackend>(name: &str, args: &ModelArgs, prefill: bool, dev: &B::Device, report: &mut Report) {
+    let (layers, quick) = (args.layers, args.quick);
     let t = Instant::now();
     // Weights in the backend's persistent memory pool, as `ViperModel::load` puts them;
-    // `VIPER_BENCH_PERSISTENT=0` leaves them in the dynamic pools (session 3's run C).
-    let m = if std::env::var("VIPER_BENCH_PERSISTENT").is_ok_and(|v| v == "0") {
+    // `--dynamic-pools` leaves them in the dynamic pools (session 3's run C).
+    let m = if args.dynamic_pools {
         model::<B>(layers, dev)
     } else {
         B::memory_persistent_allocations(dev, layers, |l| model::<B>(l, dev))
@@ -248,19 +229,16 @@ fn model_bench<B: SsmBackend>(
             let logits = m.forward(m.embed(ids.clone()), &mut cache, Logits::Last);
             let _ = logits.argmax(2).into_data();
         };
-        let s = time::<B>(dev, 1, 3, run);
-        let line = format!("| {name} | prefill L = {l} | {:.0} tokens/s | {:.1} ms |", l as f64 / s, s * 1e3);
-        println!("{line}");
-        writeln!(report, "{line}").unwrap();
+        let s = timing::median::<B>(dev, 1, 3, run);
+        report.row([
+            name.to_string(),
+            format!("prefill L = {l}"),
+            format!("{:.0} tokens/s", l as f64 / s),
+            format!("{:.1} ms", s * 1e3),
+        ]);
     }
     // Decode: 32-token prompt, then greedy steps, each reading the next id back.
-    let steps = if decode_steps > 0 {
-        decode_steps
-    } else if quick {
-        16
-    } else {
-        64
-    };
+    let steps = args.decode_steps();
     let prompt = Tensor::<B, 2, Int>::from_data(TensorData::new((1..=32i64).collect::<Vec<_>>(), [1, 32]), dev);
     // Returns (seconds for `steps` tokens, seconds the host spent queueing them). With `read_back`
     // each id comes to the host before the next step (what generation does); without, the ids stay
@@ -284,29 +262,42 @@ fn model_bench<B: SsmBackend>(
     };
     decode(4, true); // compile / tune the decode path
     let (s, _) = decode(steps, true);
-    let line = format!(
-        "| {name} | decode, batch 1 ({steps} steps) | {:.1} tokens/s | {:.2} ms/token |",
-        steps as f64 / s,
-        s * 1e3 / steps as f64
-    );
-    println!("{line}");
-    writeln!(report, "{line}").unwrap();
+    report.row([
+        name.to_string(),
+        format!("decode, batch 1 ({steps} steps)"),
+        format!("{:.1} tokens/s", steps as f64 / s),
+        format!("{:.2} ms/token", s * 1e3 / steps as f64),
+    ]);
     let (s, queued) = decode(steps, false);
-    let line = format!(
-        "| {name} | decode, ids kept on device: host queueing / total | {:.2} / {:.2} ms/token | {:.1} tokens/s |",
-        queued * 1e3 / steps as f64,
-        s * 1e3 / steps as f64,
-        steps as f64 / s
-    );
-    println!("{line}");
-    writeln!(report, "{line}").unwrap();
+    report.row([
+        name.to_string(),
+        "decode, ids kept on device: host queueing / total".into(),
+        format!("{:.2} / {:.2} ms/token", queued * 1e3 / steps as f64, s * 1e3 / steps as f64),
+        format!("{:.1} tokens/s", steps as f64 / s),
+    ]);
     // One step queued onto an idle device: the host's own cost of a step (if it is below the
     // per-token total above, the GPU is the bound; if equal, the host).
-    let mut one: Vec<f64> = (0..5).map(|_| decode(1, false).1).collect();
-    one.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let line = format!("| {name} | decode, host time to queue one step onto an idle GPU | {:.2} ms | |", one[2] * 1e3);
-    println!("{line}");
-    writeln!(report, "{line}").unwrap();
+    let one = Samples::new((0..5).map(|_| decode(1, false).1).collect());
+    report.row([
+        name.to_string(),
+        "decode, host time to queue one step onto an idle GPU".into(),
+        format!("{:.2} ms", one.median() * 1e3),
+        String::new(),
+    ]);
+}
+
+/// `bench prefill`: one plain-backend prefill at L after one untimed warm-up, nothing else (for `ncu`).
+fn prefill_only(dev: &cubecl::cuda::CudaDevice, layers: usize, l: usize) {
+    let m = model::<Plain>(layers, dev);
+    let ids = Tensor::<Plain, 2, Int>::from_data(
+        TensorData::new((0..l as i64).map(|i| i % 60000).collect::<Vec<_>>(), [1, l]),
+        dev,
+    );
+    for _ in 0..2 {
+        let mut cache: FalconMambaCache<Plain> = m.new_cache(1);
+        let logits = m.forward(m.embed(ids.clone()), &mut cache, Logits::Last);
+        let _ = logits.argmax(2).into_data();
+    }
 }
 
 /// Prefill projection shapes `(name, d_in, d_out)` of falcon-mamba-7b.
@@ -317,10 +308,10 @@ const PROJECTIONS: [(&str, usize, usize); 4] = [
     ("out_proj", D_INNER, D_MODEL),
 ];
 
-/// `--matmul`: Burn's bf16 product at the prefill shapes, for the weight as the loader lays it out
+/// `bench matmul`: Burn's bf16 product at the prefill shapes, for the weight as the loader lays it out
 /// (transposed view of `[d_out, d_in]`) and contiguous `[d_in, d_out]`, and split-K variants
 /// (batched over K segments, f32 partials summed); plus host cost of tiny launches.
-fn matmul_table(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
+fn matmul_table(dev: &cubecl::cuda::CudaDevice, report: &mut Report) {
     use burn_cubecl::kernel::matmul::{matmul, MatmulStrategy};
     type T3 = Tensor<Plain, 3>;
     let mm32 = |a: T3, b: T3| -> T3 {
@@ -334,12 +325,15 @@ fn matmul_table(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
         .expect("matmul");
         Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(out))
     };
-    writeln!(report, "| shape | m | variant | time | TFLOP/s |").unwrap();
-    writeln!(report, "|---|---:|---|---:|---:|").unwrap();
+    report.header(&[("shape", L), ("m", R), ("variant", L), ("time", R), ("TFLOP/s", R)]);
     let mut row = |name: &str, m: usize, variant: &str, t: f64, flop: f64| {
-        let line = format!("| {name} | {m} | {variant} | {:.1} µs | {:.0} |", t * 1e6, flop / t / 1e12);
-        println!("{line}");
-        writeln!(report, "{line}").unwrap();
+        report.row([
+            name.to_string(),
+            m.to_string(),
+            variant.to_string(),
+            format!("{:.1} µs", t * 1e6),
+            format!("{:.0}", flop / t / 1e12),
+        ]);
     };
     for m in [2048usize, 8192] {
         for (name, k, n) in PROJECTIONS {
@@ -347,15 +341,15 @@ fn matmul_table(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
             let x = rand::<Plain, 3>([1, m, k], -1.0, 1.0, DType::BF16, dev);
             let view = rand::<Plain, 2>([n, k], -0.05, 0.05, DType::BF16, dev).transpose();
             let contig = rand::<Plain, 2>([k, n], -0.05, 0.05, DType::BF16, dev);
-            let t = time::<Plain>(dev, 2, 10, || {
+            let t = timing::median::<Plain>(dev, 2, 10, || {
                 let _ = x.clone().matmul(view.clone().unsqueeze::<3>());
             });
             row(name, m, "view", t, flop);
-            let t = time::<Plain>(dev, 2, 10, || {
+            let t = timing::median::<Plain>(dev, 2, 10, || {
                 let _ = x.clone().matmul(contig.clone().unsqueeze::<3>());
             });
             row(name, m, "contiguous", t, flop);
-            let t = time::<Plain>(dev, 2, 10, || {
+            let t = timing::median::<Plain>(dev, 2, 10, || {
                 let _ = mm32(x.clone(), view.clone().unsqueeze::<3>());
             });
             row(name, m, "view, f32 out", t, flop);
@@ -364,16 +358,16 @@ fn matmul_table(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
                     let xs = x.clone().reshape([m, s, k / s]).swap_dims(0, 1);
                     let wv = view.clone().reshape([s, k / s, n]);
                     let wc = contig.clone().reshape([s, k / s, n]);
-                    let t = time::<Plain>(dev, 2, 10, || {
+                    let t = timing::median::<Plain>(dev, 2, 10, || {
                         let _ = mm32(xs.clone(), wv.clone()).sum_dim(0).cast(FloatDType::BF16);
                     });
                     row(name, m, &format!("split-K {s}, view"), t, flop);
-                    let t = time::<Plain>(dev, 2, 10, || {
+                    let t = timing::median::<Plain>(dev, 2, 10, || {
                         let _ = mm32(xs.clone(), wc.clone()).sum_dim(0).cast(FloatDType::BF16);
                     });
                     row(name, m, &format!("split-K {s}, contiguous"), t, flop);
                     let xc = xs.clone().reshape([s * m * (k / s)]).reshape([s, m, k / s]);
-                    let t = time::<Plain>(dev, 2, 10, || {
+                    let t = timing::median::<Plain>(dev, 2, 10, || {
                         let _ = mm32(xc.clone(), wc.clone()).sum_dim(0).cast(FloatDType::BF16);
                     });
                     row(name, m, &format!("split-K {s}, contiguous both (no copy timed)"), t, flop);
@@ -385,27 +379,28 @@ fn matmul_table(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
     let a = rand::<Plain, 3>([1, 1, D_MODEL], -1.0, 1.0, DType::BF16, dev);
     let b = rand::<Plain, 3>([1, 1, D_MODEL], -1.0, 1.0, DType::BF16, dev);
     for (what, t) in [
-        ("add (bf16, 4096)", time_batched::<Plain>(dev, 500, || drop(a.clone() + b.clone()))),
-        ("cast bf16 → f32 (4096)", time_batched::<Plain>(dev, 500, || drop(a.clone().cast(FloatDType::F32)))),
+        ("add (bf16, 4096)", timing::batched::<Plain>(dev, 3, 500, || drop(a.clone() + b.clone()))),
+        ("cast bf16 → f32 (4096)", timing::batched::<Plain>(dev, 3, 500, || drop(a.clone().cast(FloatDType::F32)))),
         (
             "narrow + reshape (no launch)",
-            time_batched::<Plain>(dev, 500, || drop(a.clone().narrow(2, 0, 256).reshape([1, 256]))),
+            timing::batched::<Plain>(dev, 3, 500, || drop(a.clone().narrow(2, 0, 256).reshape([1, 256]))),
         ),
         (
             "empty (no launch)",
-            time_batched::<Plain>(dev, 500, || drop(Tensor::<Plain, 3>::empty([1, 1, D_MODEL], (dev, DType::BF16)))),
+            timing::batched::<Plain>(dev, 3, 500, || {
+                drop(Tensor::<Plain, 3>::empty([1, 1, D_MODEL], (dev, DType::BF16)))
+            }),
         ),
     ] {
-        let line = format!("host per call: {what}: {:.2} µs", t * 1e6);
-        println!("{line}");
-        writeln!(report, "\n{line}").unwrap();
+        report.text("");
+        report.line(format!("host per call: {what}: {:.2} µs", t * 1e6));
     }
 }
 
-/// `--matmul-sweep`: every cubek matmul strategy (inferred blueprints, and the ordered double-buffered
+/// `bench matmul-sweep`: every cubek matmul strategy (inferred blueprints, and the ordered double-buffered
 /// one over its row/partition knobs) at the prefill products' shapes, launched directly (no autotune),
 /// against Burn's autotuned `matmul` on the same operands. Median of 5 after 2 warm-ups.
-fn matmul_sweep(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
+fn matmul_sweep(dev: &cubecl::cuda::CudaDevice, only: &[String], report: &mut Report) {
     use cubek::matmul::components::tile::TileMatmulKind::{Cmma, Mma};
     use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
     use cubek::matmul::launch::{launch_ref, Strategy};
@@ -481,9 +476,7 @@ fn matmul_sweep(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
         ("in_proj", 8192, 4096, 16384, false),
         ("out_proj", 8192, 8192, 4096, false),
     ];
-    let only: Option<Vec<String>> =
-        std::env::var("VIPER_SWEEP_ONLY").ok().map(|v| v.split(',').map(String::from).collect());
-    writeln!(report, "| product | m | rhs | strategy | time | TFLOP/s |\n|---|---:|---|---|---:|---:|").unwrap();
+    report.header(&[("product", L), ("m", R), ("rhs", L), ("strategy", L), ("time", R), ("TFLOP/s", R)]);
     let bf16 = DType::BF16;
     for (name, m, k, n, contiguous) in shapes {
         let flop = 2.0 * (m * k * n) as f64;
@@ -494,21 +487,18 @@ fn matmul_sweep(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
                 true => ("contiguous", rand::<Plain, 2>([k, n], -0.05, 0.05, bf16, dev)),
             };
             let mut line = |what: &str, t: Option<f64>| {
-                let l = match t {
-                    Some(t) => {
-                        format!("| {name} | {m} | {layout} | {what} | {:.1} µs | {:.0} |", t * 1e6, flop / t / 1e12)
-                    }
-                    None => format!("| {name} | {m} | {layout} | {what} | failed | |"),
+                let (time, rate) = match t {
+                    Some(t) => (format!("{:.1} µs", t * 1e6), format!("{:.0}", flop / t / 1e12)),
+                    None => ("failed".into(), String::new()),
                 };
-                println!("{l}");
-                writeln!(report, "{l}").unwrap();
+                report.row([name.to_string(), m.to_string(), layout.to_string(), what.to_string(), time, rate]);
             };
-            let t = time::<Plain>(dev, 2, 5, || drop(x.clone().matmul(w.clone())));
+            let t = timing::median::<Plain>(dev, 2, 5, || drop(x.clone().matmul(w.clone())));
             line("Burn matmul (autotune)", Some(t));
             let reference = x.clone().matmul(w.clone()).cast(FloatDType::F32);
             for s in &strategies {
                 let label = s.to_string();
-                if only.as_ref().is_some_and(|o| !o.iter().any(|p| label.contains(p.as_str()))) {
+                if !only.is_empty() && !only.iter().any(|p| label.contains(p.as_str())) {
                     continue;
                 }
                 let run = || -> Option<Tensor<Plain, 2>> {
@@ -540,7 +530,7 @@ fn matmul_sweep(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
                 }));
                 match ok {
                     Ok(Some(true)) => {
-                        let t = time::<Plain>(dev, 2, 5, || drop(run()));
+                        let t = timing::median::<Plain>(dev, 2, 5, || drop(run()));
                         line(&label, Some(t));
                     }
                     Ok(Some(false)) => line(&format!("{label} (wrong result)"), None),
@@ -551,9 +541,9 @@ fn matmul_sweep(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
     }
 }
 
-/// `--cublas`: the cost of the host synchronisation around each cuBLAS projection (CubeCL does not
+/// `bench cublas`: the cost of the host synchronisation around each cuBLAS projection (CubeCL does not
 /// expose its stream, see `viper_ssm::cublas`), split into its parts, next to the GEMM itself.
-fn cublas_overhead(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
+fn cublas_overhead(dev: &cubecl::cuda::CudaDevice, report: &mut Report) {
     let bf16 = DType::BF16;
     let x = rand::<Plain, 3>([1, 2048, D_MODEL], -1.0, 1.0, bf16, dev);
     let x16 = rand::<Plain, 3>([1, 16, D_MODEL], -1.0, 1.0, bf16, dev);
@@ -561,53 +551,49 @@ fn cublas_overhead(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
     let small = rand::<Plain, 1>([4096], -1.0, 1.0, bf16, dev);
     let prim = x16.clone().into_primitive().tensor();
     let client = prim.client.clone();
-    writeln!(report, "| per call | time |\n|---|---:|").unwrap();
-    let mut line = |what: &str, t: f64| {
-        let l = format!("| {what} | {:.1} µs |", t * 1e6);
-        println!("{l}");
-        writeln!(report, "{l}").unwrap();
-    };
+    report.header(&[("per call", L), ("time", R)]);
+    let mut line = |what: &str, t: f64| report.row([what.to_string(), format!("{:.1} µs", t * 1e6)]);
     line(
         "client.sync() on an idle GPU",
-        time_batched::<Plain>(dev, 200, || {
+        timing::batched::<Plain>(dev, 3, 200, || {
             cubecl::future::block_on(client.sync()).unwrap();
         }),
     );
     line(
         "client.get_resource",
-        time_batched::<Plain>(dev, 200, || {
+        timing::batched::<Plain>(dev, 3, 200, || {
             drop(client.get_resource(prim.handle.clone()).unwrap());
         }),
     );
     line(
         "add (4096) + sync",
-        time_batched::<Plain>(dev, 200, || {
+        timing::batched::<Plain>(dev, 3, 200, || {
             drop(small.clone() + 1.0);
             cubecl::future::block_on(client.sync()).unwrap();
         }),
     );
     line(
         "projection 16 × 4096 → 16384 (cuBLAS, with its syncs)",
-        time_batched::<Plain>(dev, 200, || {
+        timing::batched::<Plain>(dev, 3, 200, || {
             drop(Plain::projection(x16.clone(), w.clone(), None));
         }),
     );
     line(
         "add + projection 16 rows",
-        time_batched::<Plain>(dev, 200, || {
+        timing::batched::<Plain>(dev, 3, 200, || {
             drop(small.clone() + 1.0);
             drop(Plain::projection(x16.clone(), w.clone(), None));
         }),
     );
     line(
         "projection 2048 × 4096 → 16384 (cuBLAS, with its syncs)",
-        time_batched::<Plain>(dev, 20, || {
+        timing::batched::<Plain>(dev, 3, 20, || {
             drop(Plain::projection(x.clone(), w.clone(), None));
         }),
     );
     line(
         "empty [1, 2048, 16384] bf16 + get_resource + sync",
-        time_batched::<Plain>(dev, 20, || {
+        timing::batched::<Plain>(dev, 3, 20, || {
             let o = Tensor::<Plain, 3>::empty([1, 2048, 2 * D_INNER], (dev, bf16)).into_primitive().tensor();
             drop(client.get_resource(o.handle.clone()).unwrap());
             cubecl::future::block_on(client.sync()).unwrap();
@@ -616,64 +602,46 @@ fn cublas_overhead(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
     let (xp, wp) = (x.clone().into_primitive().tensor(), w.clone().into_primitive().tensor());
     line(
         "cublas::linear 2048 rows (tensor level, no Burn wrapping)",
-        time_batched::<Plain>(dev, 20, || {
+        timing::batched::<Plain>(dev, 3, 20, || {
             drop(viper_ssm::cublas::linear(&xp, &wp).expect("cuBLAS product"));
         }),
     );
     line(
         "Burn matmul 2048 × 4096 → 16384",
-        time_batched::<Plain>(dev, 20, || {
+        timing::batched::<Plain>(dev, 3, 20, || {
             drop(x.clone().matmul(w.clone().unsqueeze::<3>()));
         }),
     );
 }
 
-/// `--host`: the host's cost of each op of a decode step, queued onto an idle GPU (20 calls after a
-/// sync, median of 5 such batches, per call), on the plain backend at falcon-mamba-7b's shapes.
-fn host_table(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
+/// `bench host-ops`: the host's cost of each op of a decode step, queued onto an idle GPU (20 calls after
+/// a sync, median of 5 such batches, per call), on the plain backend with one falcon-mamba-7b mixer's
+/// weights (`MambaMixer::random_as`).
+fn host_table(dev: &cubecl::cuda::CudaDevice, report: &mut Report) {
     type B = Plain;
-    let per_call = |f: &mut dyn FnMut()| -> f64 {
-        let mut v: Vec<f64> = (0..5)
-            .map(|_| {
-                f();
-                sync::<B>(dev);
-                let t = Instant::now();
-                for _ in 0..20 {
-                    f();
-                }
-                let s = t.elapsed().as_secs_f64() / 20.0;
-                sync::<B>(dev);
-                s
-            })
-            .collect();
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[2]
-    };
+    let per_call = |f: &mut dyn FnMut()| timing::host_per_call::<B>(dev, 5, 20, f);
+    let mixer = MambaMixer::<B>::random_as(&falcon_mamba_7b(1).mamba(), DType::BF16, dev);
     let x = rand::<B, 3>([1, 1, D_MODEL], -1.0, 1.0, DType::BF16, dev);
     let h = rand::<B, 3>([1, 1, D_MODEL], -1.0, 1.0, DType::F32, dev);
-    let w_in = linear::<B>(D_MODEL, 2 * D_INNER, dev);
-    let w_x = linear::<B>(D_INNER, 288, dev);
-    let w_out = linear::<B>(D_INNER, D_MODEL, dev);
-    let w_dt = linear::<B>(256, D_INNER, dev);
+    let (w_in, w_x, w_out) = (&mixer.in_proj, &mixer.x_proj, &mixer.out_proj);
     let u = rand::<B, 3>([1, 1, D_INNER], -1.0, 1.0, DType::BF16, dev);
     let nw = norm::<B>(D_MODEL, 1e-5, dev);
-    let scan = scan_inputs::<B>(1, DType::BF16, dev);
     let step = StepInput {
-        u: scan.u,
+        u: rand([1, 1, D_INNER], -2.0, 2.0, DType::BF16, dev),
         dbc: rand::<B, 3>([1, 1, 288], -1.0, 1.0, DType::BF16, dev),
         eps: 1e-6,
-        dt_proj: w_dt.weight.val(),
-        delta_bias: scan.delta_bias,
-        a_log: scan.a_log,
-        d: scan.d,
-        z: scan.z,
-        state: scan.state,
+        dt_proj: mixer.dt_proj.weight.val(),
+        delta_bias: mixer.dt_bias.val(),
+        a_log: mixer.a_log.val(),
+        d: mixer.d.val(),
+        z: rand([1, 1, D_INNER], -3.0, 3.0, DType::BF16, dev),
+        state: rand([1, D_INNER, D_STATE], -1.0, 1.0, DType::BF16, dev),
     };
     let conv = ConvInput {
         x: u.clone(),
         window: rand([1, 4, D_INNER], -1.0, 1.0, DType::BF16, dev),
-        weight: rand([D_INNER, 4], -1.0, 1.0, DType::BF16, dev),
-        bias: Some(rand([D_INNER], -1.0, 1.0, DType::BF16, dev)),
+        weight: mixer.conv_weight.val(),
+        bias: mixer.conv_bias.as_ref().map(|b| b.val()),
     };
     let a = x.clone();
     let rows: Vec<(&str, f64)> = vec![
@@ -686,36 +654,31 @@ fn host_table(dev: &cubecl::cuda::CudaDevice, report: &mut String) {
             "add_rms_norm (residual + block norm)",
             per_call(&mut || drop(nw.forward_add(h.clone(), x.clone(), DType::F32, DType::BF16))),
         ),
-        ("in_proj GEMV", per_call(&mut || drop(viper_ssm::linear(&w_in, x.clone())))),
+        ("in_proj GEMV", per_call(&mut || drop(viper_ssm::linear(w_in, x.clone())))),
         ("conv update", per_call(&mut || drop(B::causal_conv1d_update(conv.clone())))),
-        ("x_proj GEMV", per_call(&mut || drop(viper_ssm::linear(&w_x, u.clone())))),
+        ("x_proj GEMV", per_call(&mut || drop(viper_ssm::linear(w_x, u.clone())))),
         (
             "FalconMamba step from x_proj's output (dt/B/C norms, dt_proj, scan)",
             per_call(&mut || drop(B::selective_state_update_dbc(step.clone()))),
         ),
-        ("out_proj GEMV", per_call(&mut || drop(viper_ssm::linear(&w_out, u.clone())))),
+        ("out_proj GEMV", per_call(&mut || drop(viper_ssm::linear(w_out, u.clone())))),
     ];
-    writeln!(report, "| op (decode step, one layer) | host per call |").unwrap();
-    writeln!(report, "|---|---:|").unwrap();
+    report.header(&[("op (decode step, one layer)", L), ("host per call", R)]);
     let mut total = 0.0;
     for (what, t) in rows {
         if !what.starts_with("Burn") && !what.starts_with("empty") {
             total += t;
         }
-        let line = format!("| {what} | {:.1} µs |", t * 1e6);
-        println!("{line}");
-        writeln!(report, "{line}").unwrap();
+        report.row([what.to_string(), format!("{:.1} µs", t * 1e6)]);
     }
-    let line = format!("| sum of the 6 launches of a layer | {:.1} µs |", total * 1e6);
-    println!("{line}");
-    writeln!(report, "{line}").unwrap();
+    report.row(["sum of the 6 launches of a layer".to_string(), format!("{:.1} µs", total * 1e6)]);
 }
 
-/// `--profile-host STEPS` (feature `pprof`): samples every thread of the process (SIGPROF, 4 kHz) while
-/// the plain backend queues `STEPS` decode steps with the ids kept on the device, and writes per
-/// thread the functions with the most samples, inclusive and self, to `--out`.
+/// `bench profile-host --steps STEPS` (feature `pprof`): samples every thread of the process (SIGPROF,
+/// 4 kHz) while the plain backend queues `STEPS` decode steps with the ids kept on the device, and writes
+/// per thread the functions with the most samples, inclusive and self, to `--out`.
 #[cfg(feature = "pprof")]
-fn host_profile(dev: &cubecl::cuda::CudaDevice, layers: usize, steps: usize, report: &mut String) {
+fn host_profile(dev: &cubecl::cuda::CudaDevice, layers: usize, steps: usize, report: &mut Report) {
     use std::collections::{HashMap, HashSet};
     type B = Plain;
     let m = B::memory_persistent_allocations(dev, (), |_| model::<B>(layers, dev));
@@ -742,13 +705,11 @@ fn host_profile(dev: &cubecl::cuda::CudaDevice, layers: usize, steps: usize, rep
         .expect("profiler");
     let (queued, total) = run(steps);
     let rep = guard.report().build().expect("profile report");
-    writeln!(
-        report,
+    report.text(format!(
         "host profile: {steps} decode steps, queued in {:.2} ms/step, done in {:.2} ms/step\n",
         queued * 1e3 / steps as f64,
         total * 1e3 / steps as f64
-    )
-    .unwrap();
+    ));
     /// A thread's samples, and samples per function: inclusive, and as the leaf (self).
     #[derive(Default)]
     struct Counts {
@@ -775,17 +736,17 @@ fn host_profile(dev: &cubecl::cuda::CudaDevice, layers: usize, steps: usize, rep
     threads.sort_by_key(|t| -t.1.total);
     let short = |s: &str| s.chars().take(160).collect::<String>();
     for (name, Counts { total, incl, leaf: selfs }) in threads.iter().take(4) {
-        writeln!(report, "## thread {name}: {total} samples\n### inclusive").unwrap();
+        report.text(format!("## thread {name}: {total} samples\n### inclusive"));
         let mut v: Vec<_> = incl.iter().collect();
         v.sort_by_key(|e| -e.1);
         for (f, c) in v.into_iter().take(70) {
-            writeln!(report, "{:5.1}% {}", 100.0 * *c as f64 / *total as f64, short(f)).unwrap();
+            report.text(format!("{:5.1}% {}", 100.0 * *c as f64 / *total as f64, short(f)));
         }
-        writeln!(report, "### self").unwrap();
+        report.text("### self");
         let mut v: Vec<_> = selfs.iter().collect();
         v.sort_by_key(|e| -e.1);
         for (f, c) in v.into_iter().take(40) {
-            writeln!(report, "{:5.1}% {}", 100.0 * *c as f64 / *total as f64, short(f)).unwrap();
+            report.text(format!("{:5.1}% {}", 100.0 * *c as f64 / *total as f64, short(f)));
         }
     }
 }
@@ -800,87 +761,45 @@ fn gpu_name() -> String {
         .unwrap_or_else(|| "unknown GPU".into())
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let out = arg("--out").unwrap_or_else(|| "BENCHMARKS.md".into());
-    let layers: usize = arg("--layers").and_then(|v| v.parse().ok()).unwrap_or(64);
-    let quick = args.iter().any(|a| a == "--quick");
-    let only_kernels = args.iter().any(|a| a == "--kernels-only");
-    // Profiling mode: the plain backend's decode only (no copy, kernels or prefill rows).
-    let decode_only = args.iter().any(|a| a == "--decode-only");
-    let steps: usize = arg("--steps").and_then(|v| v.parse().ok()).unwrap_or(0);
-
+fn main() -> Result<()> {
+    let args = BenchArgs::parse();
     let dev = Default::default();
-    let mut report = String::new();
-    let gpu = gpu_name();
-    writeln!(report, "Card: {gpu}\n").unwrap();
-    // Profiling mode: one plain-backend prefill at L (after one untimed warm-up), nothing else.
-    if let Some(l) = arg("--prefill-only").and_then(|v| v.parse::<usize>().ok()) {
-        let m = model::<Plain>(layers, &dev);
-        let ids = Tensor::<Plain, 2, Int>::from_data(
-            TensorData::new((0..l as i64).map(|i| i % 60000).collect::<Vec<_>>(), [1, l]),
-            &dev,
-        );
-        for _ in 0..2 {
-            let mut cache: FalconMambaCache<Plain> = m.new_cache(1);
-            let logits = m.forward(m.embed(ids.clone()), &mut cache, Logits::Last);
-            let _ = logits.argmax(2).into_data();
+    if let BenchCommand::Prefill { length, layers } = args.command {
+        prefill_only(&dev, layers, length);
+        return Ok(());
+    }
+    let mut report = Report::new();
+    report.text(format!("Card: {}\n", gpu_name()));
+    match &args.command {
+        BenchCommand::All(model_args) => {
+            copy_and_kernels(&dev, model_args.quick, &mut report);
+            let layers = model_args.layers;
+            report.heading(format!(
+                "falcon-mamba-7b-shaped model ({layers} layers, hidden {D_MODEL}, random bf16 weights)"
+            ));
+            model_header(&mut report);
+            model_bench::<Plain>("CubeBackend", model_args, true, &dev, &mut report);
+            Plain::memory_cleanup(&dev);
+            model_bench::<Default_>("Cuda (Burn default)", model_args, true, &dev, &mut report);
         }
-        return;
+        BenchCommand::Kernels { quick } => copy_and_kernels(&dev, *quick, &mut report),
+        BenchCommand::Decode(model_args) => {
+            model_header(&mut report);
+            model_bench::<Plain>("CubeBackend", model_args, false, &dev, &mut report);
+        }
+        BenchCommand::Prefill { .. } => unreachable!("handled above"),
+        BenchCommand::HostOps => host_table(&dev, &mut report),
+        BenchCommand::Matmul => matmul_table(&dev, &mut report),
+        BenchCommand::MatmulSweep { only } => matmul_sweep(&dev, only, &mut report),
+        BenchCommand::Cublas => cublas_overhead(&dev, &mut report),
+        #[cfg(feature = "pprof")]
+        BenchCommand::ProfileHost { steps, layers } => host_profile(&dev, *layers, *steps, &mut report),
+        #[cfg(not(feature = "pprof"))]
+        BenchCommand::ProfileHost { .. } => anyhow::bail!("`bench profile-host` needs the `pprof` feature"),
     }
-    #[cfg(feature = "pprof")]
-    if let Some(steps) = arg("--profile-host").and_then(|v| v.parse::<usize>().ok()) {
-        host_profile(&dev, layers, steps, &mut report);
-        std::fs::write(&out, &report).expect("write report");
-        return;
+    report.save(Some(&args.out), args.json.as_deref())?;
+    if matches!(args.command, BenchCommand::All(_) | BenchCommand::Kernels { .. }) {
+        println!("\n{}", report.markdown());
     }
-    if args.iter().any(|a| a == "--host") {
-        host_table(&dev, &mut report);
-        std::fs::write(&out, &report).expect("write report");
-        return;
-    }
-    if args.iter().any(|a| a == "--cublas") {
-        cublas_overhead(&dev, &mut report);
-        std::fs::write(&out, &report).expect("write report");
-        return;
-    }
-    if args.iter().any(|a| a == "--matmul-sweep") {
-        matmul_sweep(&dev, &mut report);
-        std::fs::write(&out, &report).expect("write report");
-        return;
-    }
-    if args.iter().any(|a| a == "--matmul") {
-        matmul_table(&dev, &mut report);
-        std::fs::write(&out, &report).expect("write report");
-        return;
-    }
-    if decode_only {
-        model_bench::<Plain>("CubeBackend", layers, quick, false, steps, &dev, &mut report);
-        std::fs::write(&out, &report).expect("write report");
-        return;
-    }
-
-    let copy_bw = copy_bandwidth::<Plain>(&dev);
-    let line =
-        format!("Device-to-device copy (element-wise x·1 over 1 GiB f32, read + write): {:.0} GB/s\n", copy_bw / 1e9);
-    println!("{line}");
-    report.push_str(&line);
-    writeln!(report, "\n### Kernels (batch 1, d_inner {D_INNER}, d_state {D_STATE}; plain CubeBackend)\n").unwrap();
-    kernel_table::<Plain>(&dev, copy_bw, quick, &mut report);
-
-    if !only_kernels {
-        writeln!(
-            report,
-            "\n### falcon-mamba-7b-shaped model ({layers} layers, hidden {D_MODEL}, random bf16 weights)\n"
-        )
-        .unwrap();
-        writeln!(report, "| backend | measurement | result | time |").unwrap();
-        writeln!(report, "|---|---|---:|---:|").unwrap();
-        model_bench::<Plain>("CubeBackend", layers, quick, true, steps, &dev, &mut report);
-        Plain::memory_cleanup(&dev);
-        model_bench::<Default_>("Cuda (Burn default)", layers, quick, true, steps, &dev, &mut report);
-    }
-    std::fs::write(&out, &report).expect("write report");
-    println!("\n{report}");
+    Ok(())
 }

@@ -1,17 +1,21 @@
 //! GPU benchmark of the vision tower and of Jamba-1.5-Mini-shaped layers (random bf16 weights) on CUDA:
-//! CLIP ViT-L/14-336 crops/s for 5 and 50 crops; Jamba decode time per layer kind, MoE expert-dispatch
-//! time, and the decode rate of a stack of layers with the real schedule. Writes a Markdown section to
-//! `--out`.
+//! CLIP ViT-L/14-336 crops/s for 5 and 50 crops (`bench_models clip`); Jamba decode time per layer kind,
+//! MoE expert-dispatch time, and the decode rate of a stack of layers with the real schedule
+//! (`bench_models jamba`); both: `bench_models all`. Prints a Markdown section and writes it to `--out`
+//! (and its tables to `--json`) when given. Timing and the report writer are `viper_examples::timing`'s.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::Instant;
 
-use burn::module::{Module, ModuleMapper, Param};
+use anyhow::Result;
+use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::{Distribution, FloatDType};
+use burn::tensor::{DType, Distribution, FloatDType};
+use clap::Parser;
 use viper_checkpoint::{Checkpoint, LoadOptions};
+use viper_examples::bench_args::{BenchModelsArgs, BenchModelsCommand};
+use viper_examples::timing::{self, Align, Report};
 use viper_moe::{
     FeedForward, JambaAttention, JambaConfig, JambaDecoderLayer, JambaMlp, LayerCache, LayerKind, SparseMoe,
 };
@@ -21,36 +25,13 @@ use viper_vision::{ClipVisionConfig, ClipVisionTower, FeatureSelect, SelectFeatu
 type B = burn::backend::Cuda;
 type Dev = burn::tensor::Device<B>;
 
-/// Casts every float parameter of a module (random weights are drawn in f32, then stored in bf16).
-struct Cast(FloatDType);
-
-impl<Bk: Backend> ModuleMapper<Bk> for Cast {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<Bk, D>>) -> Param<Tensor<Bk, D>> {
-        let (id, tensor, mapper) = param.consume();
-        Param::from_mapped_value(id, tensor.cast(self.0), mapper)
-    }
-}
-
 fn sync(dev: &Dev) {
-    B::sync(dev).expect("device sync");
+    timing::sync::<B>(dev);
 }
 
-/// Median wall time of `reps` runs after `warm` warm-up runs, in seconds.
-fn time(dev: &Dev, warm: usize, reps: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..warm {
-        f();
-    }
-    sync(dev);
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            sync(dev);
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
+/// Median seconds of `reps` synchronised runs after `warm` warm-up runs.
+fn time(dev: &Dev, warm: usize, reps: usize, f: impl FnMut()) -> f64 {
+    timing::median::<B>(dev, warm, reps, f)
 }
 
 fn linear(d_in: usize, d_out: usize, dev: &Dev) -> Linear<B> {
@@ -59,7 +40,7 @@ fn linear(d_in: usize, d_out: usize, dev: &Dev) -> Linear<B> {
 }
 
 fn norm(d: usize, eps: f64, dev: &Dev) -> RmsNorm<B> {
-    RmsNorm { weight: Param::from_tensor(Tensor::ones([d], (dev, burn::tensor::DType::BF16))), eps }
+    RmsNorm { weight: Param::from_tensor(Tensor::ones([d], (dev, DType::BF16))), eps }
 }
 
 fn mlp(h: usize, f: usize, dev: &Dev) -> JambaMlp<B> {
@@ -80,7 +61,8 @@ fn jamba_layer(c: &JambaConfig, i: usize, dev: &Dev) -> JambaDecoderLayer<B> {
             }),
             None,
         ),
-        LayerKind::Mamba => (None, Some(MambaMixer::random(&c.mamba(), dev).map(&mut Cast(FloatDType::BF16)))),
+        // The constructor the mixer tests use (`MambaMixer::random` is its f32 case).
+        LayerKind::Mamba => (None, Some(MambaMixer::random_as(&c.mamba(), DType::BF16, dev))),
     };
     let feed_forward = if c.is_moe(i) {
         FeedForward::Moe(SparseMoe {
@@ -115,7 +97,7 @@ fn bf16_input(shape: [usize; 3], dev: &Dev) -> Tensor<B, 3> {
     Tensor::<B, 3>::random(shape, Distribution::Normal(0.0, 1.0), dev).cast(FloatDType::BF16)
 }
 
-fn jamba(dev: &Dev, report: &mut String) {
+fn jamba(dev: &Dev, report: &mut Report) {
     let layers = 8; // one full attention period: 7 Mamba + 1 attention, MoE on the 4 odd layers (~25 GB bf16)
     let c = jamba_config(layers);
     eprintln!("building {layers} Jamba-1.5-Mini-shaped layers");
@@ -141,12 +123,9 @@ fn jamba(dev: &Dev, report: &mut String) {
     let prefill = start.elapsed().as_secs_f64();
 
     eprintln!("prefill done in {:.1} s", prefill);
-    writeln!(
-        report,
-        "\n### Jamba-1.5-Mini-shaped layers (hidden 4096, 16 experts top-2, ffn 14336, GQA 32/8, random bf16)\n"
-    )
-    .unwrap();
-    writeln!(report, "| layer kind | decode step (batch 1, after a {prompt}-token prompt) |\n|---|---|").unwrap();
+    report.heading("Jamba-1.5-Mini-shaped layers (hidden 4096, 16 experts top-2, ffn 14336, GQA 32/8, random bf16)");
+    let step = format!("decode step (batch 1, after a {prompt}-token prompt)");
+    report.header(&[("layer kind", Align::Left), (&step, Align::Left)]);
     let token = bf16_input([1, 1, 4096], dev);
     let mut per_kind = Vec::new();
     for (i, name) in [(0, "Mamba + dense MLP"), (1, "Mamba + MoE"), (4, "attention + dense MLP")] {
@@ -157,17 +136,19 @@ fn jamba(dev: &Dev, report: &mut String) {
             let _ = layer.forward(token.clone(), &mut c);
         });
         per_kind.push((name, t));
-        writeln!(report, "| {name} | {:.3} ms |", t * 1e3).unwrap();
-        eprintln!("{name}: {:.3} ms", t * 1e3);
+        report.row([name.to_string(), format!("{:.3} ms", t * 1e3)]);
     }
 
     // MoE: the whole block vs its two experts' compute alone = what dispatch (routing, host plan, gather/scatter) costs.
     let FeedForward::Moe(moe) = &stack[1].feed_forward else { unreachable!("layer 1 is MoE") };
-    writeln!(
-        report,
-        "\n| MoE block | tokens | total | 2 experts' compute | dispatch overhead |\n|---|---|---|---|---|"
-    )
-    .unwrap();
+    report.text("");
+    report.header(&[
+        ("MoE block", Align::Left),
+        ("tokens", Align::Left),
+        ("total", Align::Left),
+        ("2 experts' compute", Align::Left),
+        ("dispatch overhead", Align::Left),
+    ]);
     for tokens in [1, prompt] {
         let x = bf16_input([1, tokens, 4096], dev);
         let total = time(dev, 3, 10, || {
@@ -182,15 +163,13 @@ fn jamba(dev: &Dev, report: &mut String) {
                 let _ = e.forward(xe.clone());
             }
         });
-        writeln!(
-            report,
-            "| | {tokens} | {:.3} ms | {:.3} ms | {:.3} ms |",
-            total * 1e3,
-            experts * 1e3,
-            (total - experts) * 1e3
-        )
-        .unwrap();
-        eprintln!("moe {tokens}: {:.3} ms total, {:.3} ms experts", total * 1e3, experts * 1e3);
+        report.row([
+            String::new(),
+            tokens.to_string(),
+            format!("{:.3} ms", total * 1e3),
+            format!("{:.3} ms", experts * 1e3),
+            format!("{:.3} ms", (total - experts) * 1e3),
+        ]);
     }
 
     let steps = 16;
@@ -204,9 +183,9 @@ fn jamba(dev: &Dev, report: &mut String) {
         }
     }) / steps as f64;
     let full = per_kind[0].1 * 12.0 + per_kind[1].1 * 16.0 + per_kind[2].1 * 4.0;
-    writeln!(
-        report,
-        "\n{layers}-layer stack: prefill of {prompt} tokens {:.1} ms ({:.0} tok/s); decode {:.2} ms/token ({:.1} tok/s). \
+    report.text("");
+    report.line(format!(
+        "{layers}-layer stack: prefill of {prompt} tokens {:.1} ms ({:.0} tok/s); decode {:.2} ms/token ({:.1} tok/s). \
          Extrapolated to the 32-layer model (12 Mamba+dense, 16 Mamba+MoE, 4 attention+dense): {:.1} ms/token, {:.1} tok/s \
          (embedding and lm_head excluded).",
         prefill * 1e3,
@@ -215,12 +194,11 @@ fn jamba(dev: &Dev, report: &mut String) {
         1.0 / t,
         full * 1e3,
         1.0 / full
-    )
-    .unwrap();
+    ));
 }
 
 /// A random CLIP ViT-L/14-336 written as safetensors and loaded through the real loader (bf16).
-fn clip(dev: &Dev, report: &mut String) {
+fn clip(dev: &Dev, report: &mut Report) {
     let c = ClipVisionConfig::clip_vit_large_patch14_336();
     let dir = std::env::temp_dir().join("viper-clip-bench");
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -290,37 +268,40 @@ fn clip(dev: &Dev, report: &mut String) {
     let w = ckpt.weights(LoadOptions { dtype: Some(FloatDType::BF16) }).at("vision_model.");
     let select = FeatureSelect { layer: -2, feature: SelectFeature::Patch };
     let tower = ClipVisionTower::<B>::load(&c, select, &w, dev).expect("load tower");
-    writeln!(
-        report,
-        "\n### CLIP ViT-L/14-336 vision tower (random bf16 weights, 23 of 24 layers as Viper selects layer -2)\n"
-    )
-    .unwrap();
-    writeln!(report, "| crops | time | crops/s | PyTorch eager baseline (same card kind) |\n|---|---|---|---|")
-        .unwrap();
+    report.heading("CLIP ViT-L/14-336 vision tower (random bf16 weights, 23 of 24 layers as Viper selects layer -2)");
+    report.header(&[
+        ("crops", Align::Left),
+        ("time", Align::Left),
+        ("crops/s", Align::Left),
+        ("PyTorch eager baseline (same card kind)", Align::Left),
+    ]);
     for (crops, baseline) in [(5, 463.0), (50, 963.0)] {
         let x =
             Tensor::<B, 4>::random([crops, 3, 336, 336], Distribution::Normal(0.0, 1.0), dev).cast(FloatDType::BF16);
         let t = time(dev, 2, 10, || {
             let _ = tower.forward(x.clone()).expect("forward");
         });
-        writeln!(report, "| {crops} | {:.2} ms | {:.0} | {baseline:.0} crops/s |", t * 1e3, crops as f64 / t).unwrap();
+        report.row([
+            crops.to_string(),
+            format!("{:.2} ms", t * 1e3),
+            format!("{:.0}", crops as f64 / t),
+            format!("{baseline:.0} crops/s"),
+        ]);
     }
     let _ = std::fs::remove_file(&path);
 }
 
-fn main() {
-    let out = std::env::args().skip_while(|a| a != "--out").nth(1);
+fn main() -> Result<()> {
+    let args = BenchModelsArgs::parse();
     let dev = Default::default();
-    let mut report = String::new();
-    if !std::env::args().any(|a| a == "--skip-clip") {
+    let mut report = Report::new();
+    if matches!(args.command, BenchModelsCommand::All | BenchModelsCommand::Clip) {
         clip(&dev, &mut report);
-        println!("{report}");
     }
-    let mut jamba_report = String::new();
-    jamba(&dev, &mut jamba_report);
-    println!("{jamba_report}");
-    report.push_str(&jamba_report);
-    if let Some(out) = out {
-        std::fs::write(&out, report).expect("write report");
+    if matches!(args.command, BenchModelsCommand::All | BenchModelsCommand::Jamba) {
+        jamba(&dev, &mut report);
     }
+    println!("{}", report.markdown());
+    report.save(args.out.as_deref(), args.json.as_deref())?;
+    Ok(())
 }
