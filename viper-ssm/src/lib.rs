@@ -4,6 +4,9 @@
 //! ([`MambaMixer::step`]), carrying a [`MambaState`] (conv window + SSM state) between calls. The
 //! sequence ops go through the [`SsmBackend`] extension trait: its default bodies are the tensor-op
 //! [`reference`](mod@reference), which runs on every Burn backend.
+//!
+//! Module order, each using only modules before it: `config`; `ops` (the op structs) → `reference`
+//! (their tensor-op semantics); `kernels`, `cublas` (CubeCL only) → `backend` → `norm` → `mixer`.
 
 pub mod backend;
 pub mod config;
@@ -13,6 +16,7 @@ pub mod cublas;
 pub mod kernels;
 pub mod mixer;
 pub mod norm;
+mod ops;
 pub mod reference;
 
 pub use backend::{linear, ConvInput, RmsNormInput, ScanInput, ScanOutput, SsmBackend, StepInput};

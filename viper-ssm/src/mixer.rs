@@ -194,7 +194,7 @@ impl<B: SsmBackend> MambaMixer<B> {
             weight: self.conv_weight.val(),
             bias: self.conv_bias.as_ref().map(|p| p.val()),
         };
-        let (u, conv_state) = if single { B::causal_conv1d_update(conv) } else { B::causal_conv1d(conv) };
+        let (u, conv_state) = B::causal_conv1d(conv);
 
         // 3. x_proj → dt | B | C, normalised per variant.
         let dbc = linear(&self.x_proj, u.clone()); // (b, l, R + 2N)
@@ -252,12 +252,7 @@ impl<B: SsmBackend> MambaMixer<B> {
             (None, true) => B::selective_state_update_projected(scan, self.dt_proj.weight.val()),
             _ => {
                 let delta = linear(&self.dt_proj, scan.delta.clone()); // (b, l, I)
-                let scan = ScanInput { delta, ..scan };
-                if single {
-                    B::selective_state_update(scan)
-                } else {
-                    B::selective_scan(scan)
-                }
+                B::selective_scan(ScanInput { delta, ..scan })
             }
         };
         (linear(&self.out_proj, out.y), MambaState { conv: conv_state, ssm: out.state })

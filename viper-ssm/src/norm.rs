@@ -3,18 +3,13 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::{DType, FloatDType};
+use burn::tensor::DType;
 use viper_checkpoint::{Result, Weights};
 
 use crate::backend::{RmsNormInput, SsmBackend};
-
-/// `x * rsqrt(mean(x², last) + eps)` computed in f32 and returned in `x`'s dtype (no weight).
-pub fn rms<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
-    let dtype = x.dtype();
-    let x32 = x.cast(FloatDType::F32);
-    let var = x32.clone().square().mean_dim(D - 1);
-    (x32 * (var + eps).sqrt().recip()).cast(dtype)
-}
+// The weightless norm lives in the reference, whose RMS norm is built on it; re-exported so that
+// `norm::rms` keeps its path.
+pub use crate::reference::rms;
 
 /// RMSNorm with a learned weight (`{name}.weight`), eps from the config.
 #[derive(Module, Debug)]

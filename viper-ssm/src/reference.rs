@@ -1,5 +1,5 @@
-//! Tensor-op reference of the scan and the causal conv: runs on every backend, defines the semantics the
-//! hand-written kernels must reproduce.
+//! Tensor-op reference of the scan, the causal conv and the RMS norms: runs on every backend, defines
+//! the semantics the hand-written kernels must reproduce.
 //!
 //! Glossary (mamba-minimal style): `b` batch, `l` sequence length, `i` inner width (d_inner),
 //! `n` state size (d_state), `k` conv width; Δ = `delta`, A = −exp(`a_log`), B/C = `b`/`c`.
@@ -8,12 +8,19 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 use burn::tensor::{DType, FloatDType};
 
-use crate::backend::{ConvInput, RmsNormInput, ScanInput, ScanOutput};
-use crate::norm::rms;
+use crate::ops::{ConvInput, RmsNormInput, ScanInput, ScanOutput};
 
 /// Time steps whose discretised A and B·u are materialised at once (bounds memory to
 /// `b · SCAN_CHUNK · i · n` floats while keeping the per-step loop to two element-wise ops).
 const SCAN_CHUNK: usize = 64;
+
+/// `x * rsqrt(mean(x², last) + eps)` computed in f32 and returned in `x`'s dtype (no weight).
+pub fn rms<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    let x32 = x.cast(FloatDType::F32);
+    let var = x32.clone().square().mean_dim(D - 1);
+    (x32 * (var + eps).sqrt().recip()).cast(dtype)
+}
 
 /// softplus with PyTorch's and mamba-ssm's threshold: `v` itself above 20.
 pub fn softplus<B: Backend, const D: usize>(v: Tensor<B, D>) -> Tensor<B, D> {

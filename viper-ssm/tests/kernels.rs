@@ -156,13 +156,13 @@ fn scan_input<B: Backend>(c: &ScanCase, x: &ScanData, act: DType, state_dtype: D
     }
 }
 
-/// Runs one scan case through the kernel backend and the reference; `decode` uses the one-step entry.
-fn scan_case(c: ScanCase, act: DType, state_dtype: DType, decode: bool) {
+/// Runs one scan case through the kernel backend and the reference.
+fn scan_case(c: ScanCase, act: DType, state_dtype: DType) {
     let mut rng = rng(&format!("scan b={} l={} i={} n={} {act:?}/{state_dtype:?}", c.b, c.l, c.i, c.n));
     let x = scan_data(&c, &mut rng);
     let dev = Default::default();
     let input = scan_input::<K>(&c, &x, act, state_dtype, &dev);
-    let out = if decode { K::selective_state_update(input) } else { K::selective_scan(input) };
+    let out = K::selective_scan(input);
     assert_eq!(out.y.dtype(), act);
     assert_eq!(out.state.dtype(), state_dtype);
     let (y, state) = (host(out.y), host(out.state));
@@ -290,7 +290,7 @@ fn conv_case(b: usize, l: usize, i: usize, k: usize, bias: bool, dtype: DType) {
     let shape = (b, l, i, k, bias);
     let dev = Default::default();
     let inp = input::<K>(v, shape, dtype, &dev);
-    let (y, win) = if l == 1 { K::causal_conv1d_update(inp) } else { K::causal_conv1d(inp) };
+    let (y, win) = K::causal_conv1d(inp);
     let (want_y, want_win) = reference::causal_conv1d(input::<R>(v, shape, DType::F32, &Default::default()));
     check("conv out", &host(y), &host(want_y), dtype);
     // The window is a copy: exact.
@@ -301,16 +301,15 @@ fn conv_case(b: usize, l: usize, i: usize, k: usize, bias: bool, dtype: DType) {
 fn scan_f32() {
     // Block scan: 2 tiles of 64 (L = 70 is no multiple of the tile), batch 2, odd width (a partial
     // cube of 32 lanes).
-    scan_case(ScanCase { b: 2, l: 70, i: 37, n: 16 }, DType::F32, DType::F32, false);
+    scan_case(ScanCase { b: 2, l: 70, i: 37, n: 16 }, DType::F32, DType::F32);
     // Block scan over 5 tiles, the last one partial.
-    scan_case(ScanCase { b: 1, l: 300, i: 64, n: 16 }, DType::F32, DType::F32, false);
+    scan_case(ScanCase { b: 1, l: 300, i: 64, n: 16 }, DType::F32, DType::F32);
     // Block scan with an odd state size (padded to a group of 4) in one partial tile.
-    scan_case(ScanCase { b: 2, l: 23, i: 37, n: 5 }, DType::F32, DType::F32, false);
+    scan_case(ScanCase { b: 2, l: 23, i: 37, n: 5 }, DType::F32, DType::F32);
     // Sequential kernel: a short sequence with an odd state size.
-    scan_case(ScanCase { b: 3, l: 5, i: 19, n: 7 }, DType::F32, DType::F32, false);
-    // L = 1 through the sequence entry and the decode entry.
-    scan_case(ScanCase { b: 3, l: 1, i: 37, n: 16 }, DType::F32, DType::F32, false);
-    scan_case(ScanCase { b: 3, l: 1, i: 37, n: 16 }, DType::F32, DType::F32, true);
+    scan_case(ScanCase { b: 3, l: 5, i: 19, n: 7 }, DType::F32, DType::F32);
+    // L = 1: a decode step.
+    scan_case(ScanCase { b: 3, l: 1, i: 37, n: 16 }, DType::F32, DType::F32);
     // Decode step with dt_proj folded in (odd rank and width, batch 2).
     scan_projected_case(ScanCase { b: 2, l: 1, i: 37, n: 16 }, 13, DType::F32);
     // FalconMamba's step from x_proj's output: odd rank (not a multiple of the 8 rows), a partial cube,
@@ -334,9 +333,9 @@ fn conv_f32() {
 #[cfg(feature = "cuda")]
 #[test]
 fn scan_conv_bf16() {
-    scan_case(ScanCase { b: 2, l: 300, i: 64, n: 16 }, DType::BF16, DType::BF16, false);
-    scan_case(ScanCase { b: 2, l: 70, i: 37, n: 16 }, DType::BF16, DType::F32, false);
-    scan_case(ScanCase { b: 2, l: 1, i: 64, n: 16 }, DType::BF16, DType::BF16, true);
+    scan_case(ScanCase { b: 2, l: 300, i: 64, n: 16 }, DType::BF16, DType::BF16);
+    scan_case(ScanCase { b: 2, l: 70, i: 37, n: 16 }, DType::BF16, DType::F32);
+    scan_case(ScanCase { b: 2, l: 1, i: 64, n: 16 }, DType::BF16, DType::BF16);
     scan_projected_case(ScanCase { b: 1, l: 1, i: 300, n: 16 }, 256, DType::BF16);
     scan_dbc_case(ScanCase { b: 2, l: 1, i: 300, n: 16 }, 256, DType::BF16);
     conv_case(2, 9, 37, 4, true, DType::BF16);
@@ -351,8 +350,8 @@ fn scan_f16() {
         eprintln!("f16 not supported by this adapter: skipped");
         return;
     }
-    scan_case(ScanCase { b: 2, l: 70, i: 37, n: 16 }, DType::F16, DType::F32, false);
-    scan_case(ScanCase { b: 2, l: 1, i: 37, n: 16 }, DType::F16, DType::F16, true);
+    scan_case(ScanCase { b: 2, l: 70, i: 37, n: 16 }, DType::F16, DType::F32);
+    scan_case(ScanCase { b: 2, l: 1, i: 37, n: 16 }, DType::F16, DType::F16);
 }
 
 /// Runs one RMS-norm case through the kernel backend and the reference. `x` is stored in `x_dtype`,

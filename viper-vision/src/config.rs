@@ -9,11 +9,7 @@ use burn::tensor::activation::{gelu, sigmoid};
 use serde::Deserialize;
 
 use crate::error::{Result, VisionError};
-
-/// Hub id of the tower of both Viper models.
-pub const CLIP_VIT_LARGE_PATCH14_336: &str = "openai/clip-vit-large-patch14-336";
-/// Names [`ClipVisionConfig::from_name`] knows.
-pub(crate) const KNOWN_MODELS: &[&str] = &[CLIP_VIT_LARGE_PATCH14_336];
+pub use crate::hub::CLIP_VIT_LARGE_PATCH14_336;
 
 /// transformers' `CLIPVisionConfig`: the keys inference needs, others ignored.
 ///

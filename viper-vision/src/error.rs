@@ -32,7 +32,7 @@ pub enum VisionError {
         reason: String,
     },
     /// [`ClipVisionConfig::from_name`](crate::ClipVisionConfig::from_name) does not know the model.
-    #[error("unknown CLIP vision model `{0}` (known: {known})", known = crate::config::KNOWN_MODELS.join(", "))]
+    #[error("unknown CLIP vision model `{0}` (known: {known})", known = crate::hub::KNOWN_MODELS.join(", "))]
     UnknownModel(String),
     /// `mm_projector_type` and the projector tensors in the checkpoint describe different projectors.
     #[error("mm_projector_type `{config}` does not match the checkpoint, which stores {found}")]

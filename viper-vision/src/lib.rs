@@ -29,10 +29,14 @@
 //! let projector = MmProjector::<NdArray>::load("mlp2x_gelu", 1024, 4096, &w.pp("backbone"), &device)?;
 //! # Ok(()) }
 //! ```
+//!
+//! Module order, each using only modules before it: `hub` (preset names) → `error` → `config` →
+//! `clip`; `projector` and `merge` use `error` only.
 
 pub mod clip;
 pub mod config;
 pub mod error;
+mod hub;
 pub mod merge;
 pub mod projector;
 

@@ -110,7 +110,7 @@ fn kernel_table<B: SsmBackend>(dev: &B::Device, copy_bw: f64, quick: bool, repor
             let x = scan_inputs::<B>(l, dtype, dev);
             let reps = if l <= 512 { 200 } else { 20 };
             let scan = |x: &ScanInput<B>| {
-                let _ = if l == 1 { B::selective_state_update(x.clone()) } else { B::selective_scan(x.clone()) };
+                let _ = B::selective_scan(x.clone());
             };
             let t_scan = if l == 1 {
                 timing::batched::<B>(dev, 3, reps, || scan(&x))
@@ -126,7 +126,7 @@ fn kernel_table<B: SsmBackend>(dev: &B::Device, copy_bw: f64, quick: bool, repor
                 bias: Some(x.d.clone()),
             };
             let conv = |c: &ConvInput<B>| {
-                let _ = if l == 1 { B::causal_conv1d_update(c.clone()) } else { B::causal_conv1d(c.clone()) };
+                let _ = B::causal_conv1d(c.clone());
             };
             let t_conv = if l == 1 {
                 timing::batched::<B>(dev, 3, reps, || conv(&conv_in))
@@ -655,7 +655,7 @@ fn host_table(dev: &cubecl::cuda::CudaDevice, report: &mut Report) {
             per_call(&mut || drop(nw.forward_add(h.clone(), x.clone(), DType::F32, DType::BF16))),
         ),
         ("in_proj GEMV", per_call(&mut || drop(viper_ssm::linear(w_in, x.clone())))),
-        ("conv update", per_call(&mut || drop(B::causal_conv1d_update(conv.clone())))),
+        ("conv update", per_call(&mut || drop(B::causal_conv1d(conv.clone())))),
         ("x_proj GEMV", per_call(&mut || drop(viper_ssm::linear(w_x, u.clone())))),
         (
             "FalconMamba step from x_proj's output (dt/B/C norms, dt_proj, scan)",

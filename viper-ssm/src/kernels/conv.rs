@@ -12,12 +12,25 @@
 //! each input is read once. The threads of run 0 also copy the new window (K slots), so a decode step
 //! (`L = 1`) is a single launch. Arithmetic in f32; `x`, `window` and the outputs share the storage
 //! dtype `F`, the taps and bias have dtype `W`.
+//!
+//! Below the kernel, its launcher [`causal_conv1d`].
 
+use burn::tensor::TensorMetadata;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::{ops::numeric::empty_device_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
+
+use super::{dims3, st, unit_last};
 
 /// Positions per thread: each input is loaded once into the sliding window and reused K times; 16
 /// keeps the unrolled run short while cutting the per-thread setup (taps, strides) to 1/16 per output.
 pub const CONV_RUN: usize = 16;
+
+/// Threads per cube of the element-wise launches (conv).
+const ELEMWISE_CUBE: u32 = 256;
+
+/// Cubes along grid y at most (CUDA's limit); the conv strides longer sequences over it.
+const MAX_GRID_Y: u32 = 65_535;
 
 /// Sizes and strides (in elements) of a [`causal_conv1d_kernel`](fn@causal_conv1d_kernel) launch; every operand is unit-stride
 /// over channels except the taps, whose channel stride is `t_d` (the bias is contiguous).
@@ -147,4 +160,51 @@ pub fn causal_conv1d_kernel<F: Float, W: Float>(
         }
         run += CUBE_COUNT_Y as usize;
     }
+}
+
+/// Runs the causal conv + SiLU; returns `(out [b, l, i], new window [b, k, i])`, both in `x`'s dtype.
+/// `window` must have `x`'s dtype and `bias` (if any) `weight`'s.
+pub fn causal_conv1d<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    window: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    bias: Option<CubeTensor<R>>,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let [bsz, len, di] = dims3(&x);
+    let k = weight.shape()[1];
+    assert_eq!(window.dtype, x.dtype, "conv window must have x's dtype");
+    assert_eq!(window.shape()[1], k, "conv window must hold K inputs");
+    let client = x.client.clone();
+    let device = x.device.clone();
+    let out = empty_device_dtype(client.clone(), device.clone(), x.shape(), x.dtype);
+    let window_out = empty_device_dtype(client.clone(), device, window.shape(), x.dtype);
+    let has_bias = bias.is_some();
+    let (tf, tw) = (st(x.dtype), st(weight.dtype));
+    let bias = bias.map(into_contiguous).unwrap_or_else(|| weight.clone());
+    let runs = (len.div_ceil(CONV_RUN) as u32).clamp(1, MAX_GRID_Y);
+    let (x, window) = (unit_last(x), unit_last(window));
+    let (xs, ws, ts) = (x.meta.strides(), window.meta.strides(), weight.meta.strides());
+    let (os, ns) = (out.meta.strides(), window_out.meta.strides());
+    let dims = ConvDimsLaunch::new(len, di, xs[0], xs[1], ws[0], ws[1], ts[0], ts[1], os[0], os[1], ns[0], ns[1]);
+    // SAFETY: the kernel guards every index it forms by the sizes passed (channel bound, chunk and
+    // sequence ends) and addresses each operand through its strides (unit over channels: made so
+    // above or fresh), so the unchecked launch reads and writes only inside its tensors.
+    unsafe {
+        causal_conv1d_kernel::launch_unchecked(
+            &client,
+            CubeCount::Static((di as u32).div_ceil(ELEMWISE_CUBE), runs, bsz as u32),
+            CubeDim::new_1d(ELEMWISE_CUBE),
+            x.into_array_arg(),
+            window.into_array_arg(),
+            weight.into_array_arg(),
+            bias.into_array_arg(),
+            out.clone().into_array_arg(),
+            window_out.clone().into_array_arg(),
+            dims,
+            k,
+            has_bias,
+            [tf, tw],
+        )
+    };
+    (out, window_out)
 }

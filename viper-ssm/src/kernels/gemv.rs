@@ -12,8 +12,15 @@
 //! holds [`GEMV_THREAD_ROWS`] such rows, i.e. `8 / split` columns; few, long columns (x_proj: 288 × 8192)
 //! take a larger split so that enough warps stream the weight. At batch 1 the weight is read exactly
 //! once, which is what bounds decode.
+//!
+//! Below the kernel, its launcher [`gemv`](fn@gemv) and the check [`gemv_applies`].
 
+use burn::tensor::TensorMetadata;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::{ops::numeric::empty_device_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
+
+use super::{dims3, st};
 
 /// Sizes and strides (in elements) of a [`gemv_kernel`](fn@gemv_kernel) launch: `x` is `[b, l, k]`, the weight
 /// `[k, n]`, `out` a contiguous `[b, l, n]`, the bias contiguous.
@@ -159,5 +166,81 @@ pub fn gemv_kernel<F: Float, W: Float, N: Size>(
             let o = (r / len) * dims.o_b + (r % len) * dims.o_l + n;
             out[o] = F::cast_from(sum + b0);
         }
+    }
+}
+
+/// Whether [`gemv`](fn@gemv) applies: few input rows, a 2-D weight whose columns are contiguous over `d_in`
+/// (the loader's transposed view of a checkpoint's `[d_out, d_in]`), and one dtype for x and weight.
+pub fn gemv_applies<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>) -> bool {
+    let [b, l, _] = dims3(x);
+    let rows = b * l;
+    (1..=GEMV_MAX_ROWS).contains(&rows) && weight.meta.strides()[0] == 1 && x.dtype == weight.dtype
+}
+
+/// Warps per output column of [`gemv`](fn@gemv): enough columns × warps to keep ~8k warps streaming the weight
+/// (x_proj's 288 columns get 8, out_proj's 4096 get 2, in_proj's 16384 and lm_head 1).
+fn gemv_split(n: usize) -> usize {
+    const TARGET_WARPS: usize = 8192;
+    (TARGET_WARPS / n.max(1)).next_power_of_two().clamp(1, GEMV_THREAD_ROWS as usize)
+}
+
+/// `x · W (+ bias)` for `x` `[b, l, d_in]` with `b · l ≤` [`GEMV_MAX_ROWS`]; see [`gemv`](fn@gemv).
+/// Check [`gemv_applies`] first.
+pub fn gemv<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, bias: Option<CubeTensor<R>>) -> CubeTensor<R> {
+    let [b, l, k] = dims3(&x);
+    let n = weight.shape()[1];
+    let client = x.client.clone();
+    let out = empty_device_dtype(client.clone(), x.device.clone(), burn::tensor::Shape::new([b, l, n]), x.dtype);
+    let has_bias = bias.is_some();
+    let (tf, tw) = (st(x.dtype), st(weight.dtype));
+    // Not read without a bias; any tensor of the weight dtype will do as the argument.
+    let bias = bias.map(into_contiguous).unwrap_or_else(|| weight.clone());
+    let split = gemv_split(n);
+    let columns = GEMV_THREAD_ROWS / split as u32;
+    let vector = gemv_vector_size(&x, &weight);
+    let (xs, ws, os) = (x.meta.strides(), weight.meta.strides(), out.meta.strides());
+    // (The allocator may pitch `out`'s rows: its strides are read, not assumed.)
+    let dims = GemvDimsLaunch::new(l, k, n, xs[0], xs[1], xs[2], ws[0], ws[1], os[0], os[1]);
+    // SAFETY: columns past n are clamped for loads and store nothing; k stays below d_in; rows below
+    // b · l address x and out through the strides passed; shared memory is sized from the same
+    // comptime values.
+    unsafe {
+        gemv_kernel::launch_unchecked(
+            &client,
+            CubeCount::Static((n as u32).div_ceil(columns), 1, 1),
+            CubeDim::new_2d(GEMV_LANES, GEMV_THREAD_ROWS),
+            vector,
+            x.into_array_arg(),
+            weight.into_array_arg(),
+            bias.into_array_arg(),
+            out.clone().into_array_arg(),
+            dims,
+            b * l,
+            split,
+            has_bias,
+            [tf, tw],
+        )
+    };
+    out
+}
+
+/// Elements per 16-byte load along `k` for [`gemv`](fn@gemv), or 1 where the layout does not allow it: `k` and
+/// every stride other than `k`'s must be multiples of it, and `k` contiguous in both operands. (Buffer
+/// offsets are aligned: Burn copies slices whose offsets are not.)
+fn gemv_vector_size<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>) -> usize {
+    let v = 16 / x.dtype.size().max(weight.dtype.size());
+    let (xs, ws) = (x.meta.strides(), weight.meta.strides());
+    let k = weight.shape()[0];
+    let ok = v > 1
+        && k.is_multiple_of(v)
+        && xs[2] == 1
+        && ws[0] == 1
+        && (xs[0].is_multiple_of(v) || x.shape()[0] == 1)
+        && (xs[1].is_multiple_of(v) || x.shape()[1] == 1)
+        && ws[1].is_multiple_of(v);
+    if ok {
+        v
+    } else {
+        1
     }
 }

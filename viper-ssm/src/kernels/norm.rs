@@ -10,8 +10,15 @@
 //! sum of squares per segment, reduced through shared memory. A row may hold up to three segments
 //! normalised separately: FalconMamba's weightless norms of x_proj's `[dt | B | C]` are one launch.
 //! Without fusion a norm is ~8 element-wise launches; a decode step is bound by launch count.
+//!
+//! Below the kernels, their launchers [`rms_norm`] and [`add_rms_norm`].
 
+use burn::tensor::{DType, Shape, TensorMetadata};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::{ops::numeric::empty_device_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
+
+use super::{dims3, st};
 
 /// Threads per row: a 4096-wide row is 16 loads per thread, issued 4 at a time (`UNROLL`); the tree
 /// reduction takes log₂ 256 = 8 barriers. (A decode step normalises single rows, so the latency of
@@ -256,4 +263,123 @@ pub fn add_rms_norm_kernel<X: Float, Y: Float, S: Float, R: Float, Wt: Float, O:
         }
         j0 += UNROLL * threads;
     }
+}
+
+/// RMS norm of each row of `x` (`[b, l, d]`, any strides) in up to three segments (bounds
+/// `segments`); see [`rms_norm_kernel`](fn@rms_norm_kernel). `round` is the dtype `x` is rounded to
+/// first, `out_dtype` that of the result ([`RmsNormInput::out_dtype`](crate::RmsNormInput::out_dtype)).
+/// With `split`, returns the three segments as separate contiguous tensors (views of one buffer), else
+/// one tensor.
+pub fn rms_norm<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    weight: Option<CubeTensor<R>>,
+    eps: f64,
+    round: DType,
+    out_dtype: DType,
+    segments: [usize; 2],
+    split: bool,
+) -> Vec<CubeTensor<R>> {
+    let [bsz, len, d] = dims3(&x);
+    let client = x.client.clone();
+    let [s1, s2] = [segments[0].min(d), segments[1].clamp(segments[0].min(d), d)];
+    let rows = bsz * len;
+    // Split: one buffer, each segment's `[rows, width]` block starting at an aligned offset.
+    let widths = [s1, s2 - s1, d - s2];
+    let align = (client.properties().memory.alignment as usize / out_dtype.size()).max(1);
+    let blocks = widths.map(|w| (rows * w).div_ceil(align) * align);
+    let out = if split {
+        let total = blocks.iter().sum::<usize>().max(1);
+        empty_device_dtype(client.clone(), x.device.clone(), Shape::new([total]), out_dtype)
+    } else {
+        empty_device_dtype(client.clone(), x.device.clone(), x.shape(), out_dtype)
+    };
+    let has_weight = weight.is_some();
+    let (tx, tw) = (st(x.dtype), weight.as_ref().map_or(st(round), |w| st(w.dtype)));
+    // Not read without a weight; any tensor will do as the argument.
+    let weight = weight.unwrap_or_else(|| x.clone());
+    let (off1, off2) = (blocks[0], blocks[0] + blocks[1]);
+    // SAFETY: one cube per (position, batch) row, inside the grid; columns stay below d, the weight
+    // is read only when present (length d); split blocks lie inside the buffer sized above.
+    unsafe {
+        rms_norm_kernel::launch_unchecked(
+            &client,
+            CubeCount::Static(len as u32, bsz as u32, 1),
+            CubeDim::new_1d(NORM_CUBE),
+            x.into_tensor_arg(),
+            weight.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            s1,
+            s2,
+            off1,
+            off2,
+            eps as f32,
+            has_weight,
+            split,
+            [tx, st(round), tw, st(out_dtype)],
+        )
+    };
+    if !split {
+        return vec![out];
+    }
+    let size = out_dtype.size() as u64;
+    let total = blocks.iter().sum::<usize>() as u64 * size;
+    let mut start = 0u64;
+    let mut views = Vec::with_capacity(3);
+    for (w, block) in widths.into_iter().zip(blocks) {
+        let bytes = block as u64 * size;
+        let handle = out.handle.clone().offset_start(start).offset_end(total - start - bytes);
+        let shape = Shape::new([bsz, len, w]);
+        views.push(CubeTensor::new_contiguous(client.clone(), out.device.clone(), shape, handle, out_dtype));
+        start += bytes;
+    }
+    views
+}
+
+/// `s = round_stream(h + y)` and its RMS norm (one segment) in one launch; returns `(s, norm(s))`.
+/// See [`add_rms_norm_kernel`](fn@add_rms_norm_kernel).
+pub fn add_rms_norm<R: CubeRuntime>(
+    h: CubeTensor<R>,
+    y: CubeTensor<R>,
+    weight: Option<CubeTensor<R>>,
+    eps: f64,
+    stream: DType,
+    round: DType,
+    out_dtype: DType,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let [bsz, len, _] = dims3(&h);
+    let client = h.client.clone();
+    let sum = empty_device_dtype(client.clone(), h.device.clone(), h.shape(), stream);
+    let out = empty_device_dtype(client.clone(), h.device.clone(), h.shape(), out_dtype);
+    let has_weight = weight.is_some();
+    let (th, ty, tw) = (st(h.dtype), st(y.dtype), weight.as_ref().map_or(st(round), |w| st(w.dtype)));
+    let weight = weight.map(into_contiguous).unwrap_or_else(|| sum.clone());
+    let (hs, ys, ss, os) = (h.meta.strides(), y.meta.strides(), sum.meta.strides(), out.meta.strides());
+    let threads = if client.properties().hardware.max_units_per_cube >= ADD_NORM_CUBE_MAX {
+        ADD_NORM_CUBE_MAX as usize
+    } else {
+        NORM_CUBE as usize
+    };
+    let dims =
+        AddNormDimsLaunch::new(h.shape()[2], hs[0], hs[1], hs[2], ys[0], ys[1], ys[2], ss[0], ss[1], os[0], os[1]);
+    // SAFETY: one cube per (position, batch) row, inside the grid; columns stay below d and every
+    // operand is addressed through its strides (outputs fresh, unit-stride over columns); the weight
+    // is read only when present (contiguous, length d).
+    unsafe {
+        add_rms_norm_kernel::launch_unchecked(
+            &client,
+            CubeCount::Static(len as u32, bsz as u32, 1),
+            CubeDim::new_1d(threads as u32),
+            h.into_array_arg(),
+            y.into_array_arg(),
+            weight.into_array_arg(),
+            sum.clone().into_array_arg(),
+            out.clone().into_array_arg(),
+            dims,
+            eps as f32,
+            threads,
+            has_weight,
+            [th, ty, st(stream), st(round), tw, st(out_dtype)],
+        )
+    };
+    (sum, out)
 }

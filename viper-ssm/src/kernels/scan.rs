@@ -34,10 +34,20 @@
 //! through their strides (the mixer hands in `narrow`ed views of `in_proj`/`x_proj` outputs). All
 //! arithmetic is f32; storage dtypes are runtime-defined: `F` for u/Δ/z/o, `P` for B/C, `W` for the
 //! per-channel parameters (A_log, D, bias), `S` for the state.
+//!
+//! Below the kernels, their host side: [`selective_scan_projected`] runs [`scan_sequential`](fn@scan_sequential)
+//! up to [`SCAN_SEQUENTIAL_MAX_LEN`] steps and [`scan_block`](fn@scan_block) beyond; [`step_dbc`] launches
+//! [`scan_step_dbc`](fn@scan_step_dbc).
 
+use std::sync::OnceLock;
+
+use burn::tensor::TensorMetadata;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::{ops::numeric::empty_device_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
 
 use super::norm::cube_sum;
+use super::{dims3, st, unit_last};
 
 /// Softplus threshold of PyTorch and mamba-ssm: above it softplus(v) is v in f32.
 const SOFTPLUS_THRESHOLD: f32 = 20.0;
@@ -48,6 +58,23 @@ pub const STATE_GROUP: usize = 4;
 /// Lanes of a [`scan_block`](fn@scan_block) cube: 32 consecutive channels (one warp on CUDA, 64–128 contiguous bytes
 /// of each u/Δ/z row).
 pub const BLOCK_LANES: u32 = 32;
+
+/// Channels handled by one cube of [`scan_sequential`](fn@scan_sequential) (threads of a cube are consecutive
+/// channels): 128 keeps a cube's `u`/Δ/`z` row reads at 256 B (bf16) to 512 B (f32).
+pub const SCAN_CHANNELS_PER_CUBE: u32 = 128;
+
+/// Longest sequence run by [`scan_sequential`](fn@scan_sequential); longer ones go to [`scan_block`](fn@scan_block), whose
+/// tile (`warps · items` steps) would be mostly padding below this.
+pub const SCAN_SEQUENTIAL_MAX_LEN: usize = 16;
+
+/// Rows (time segments) of a [`scan_block`](fn@scan_block) cube: 8 × 32 lanes = 256 threads. With falcon-mamba's
+/// d_inner 8192 at batch 1 that is 256 cubes, ~2 per H100 SM (16 warps each), and the per-group fold
+/// over the rows before a thread costs on average 3.5 shared-memory pairs per 32 (step, state) elements.
+pub const SCAN_BLOCK_WARPS: usize = 8;
+
+/// Steps per thread per tile of [`scan_block`](fn@scan_block): 8 keeps `q` (8 × 4 floats) and the per-step
+/// Δ, Δu, y and z (4 × 8) in registers while amortising a group's barrier and fold over 32 elements.
+pub const SCAN_BLOCK_ITEMS: usize = 8;
 
 type V4 = Vector<f32, Const<4>>;
 
@@ -568,4 +595,239 @@ pub fn scan_step_dbc<F: Float, W: Float, S: Float>(
             state_out[bi * dims.t_b + d * dims.t_d + n] = S::cast_from(h[n]);
         }
     }
+}
+
+/// `(warps, items)` of the block scan, overridable as `VIPER_SCAN_BLOCK=<warps>x<items>` for
+/// benchmark sweeps; read once.
+pub fn scan_block_shape() -> (usize, usize) {
+    static SHAPE: OnceLock<(usize, usize)> = OnceLock::new();
+    *SHAPE.get_or_init(|| {
+        std::env::var("VIPER_SCAN_BLOCK")
+            .ok()
+            .and_then(|v| {
+                let (w, i) = v.split_once('x')?;
+                Some((w.parse().ok()?, i.parse().ok()?))
+            })
+            .filter(|&(w, i): &(usize, usize)| (1..=32).contains(&w) && (1..=32).contains(&i))
+            .unwrap_or((SCAN_BLOCK_WARPS, SCAN_BLOCK_ITEMS))
+    })
+}
+
+/// The scan's inputs as CubeCL tensors (see [`ScanInput`](crate::ScanInput) for shapes). `delta` and
+/// `z` must have `u`'s dtype, `c` `b`'s, and `d`/`delta_bias` `a_log`'s; strides are free.
+pub struct ScanTensors<R: CubeRuntime> {
+    pub u: CubeTensor<R>,
+    pub delta: CubeTensor<R>,
+    pub delta_bias: CubeTensor<R>,
+    pub a_log: CubeTensor<R>,
+    pub b: CubeTensor<R>,
+    pub c: CubeTensor<R>,
+    pub d: CubeTensor<R>,
+    pub z: CubeTensor<R>,
+    pub state: CubeTensor<R>,
+}
+
+/// Runs the selective scan; returns `(o [b, l, i] in u's dtype, final state [b, i, n] in state's dtype)`.
+pub fn selective_scan<R: CubeRuntime>(x: ScanTensors<R>) -> (CubeTensor<R>, CubeTensor<R>) {
+    selective_scan_projected(x, None)
+}
+
+/// Whether [`selective_scan_projected`] can fold dt_proj (weight `dt_w`, `[R, I]`) into the scan of
+/// `u` with low-rank `dt` (`[b, l, R]`): a short sequence (the sequential kernel) and one dtype.
+pub fn scan_projects<R: CubeRuntime>(u: &CubeTensor<R>, dt: &CubeTensor<R>, dt_w: &CubeTensor<R>) -> bool {
+    let [_, len, di] = dims3(u);
+    len <= SCAN_SEQUENTIAL_MAX_LEN
+        && dt.dtype == u.dtype
+        && dt_w.dtype == u.dtype
+        && dt_w.shape()[1] == di
+        && dt.shape()[2] == dt_w.shape()[0]
+}
+
+/// [`selective_scan`], where with `dt_w` (check [`scan_projects`]) `x.delta` is the low-rank dt and
+/// the kernel applies dt_proj itself (see [`scan_sequential`](fn@scan_sequential)).
+pub fn selective_scan_projected<R: CubeRuntime>(
+    x: ScanTensors<R>,
+    dt_w: Option<CubeTensor<R>>,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let [bsz, len, di] = dims3(&x.u);
+    let n_state = x.a_log.shape()[1];
+    assert!(len >= 1, "selective scan over an empty sequence");
+    assert_eq!(x.delta.dtype, x.u.dtype, "delta must have u's dtype");
+    assert_eq!(x.z.dtype, x.u.dtype, "z must have u's dtype");
+    assert_eq!(x.c.dtype, x.b.dtype, "C must have B's dtype");
+    assert!(x.d.dtype == x.a_log.dtype && x.delta_bias.dtype == x.a_log.dtype, "D and bias must have A_log's dtype");
+
+    let client = x.u.client.clone();
+    let device = x.u.device.clone();
+    let out = empty_device_dtype(client.clone(), device.clone(), x.u.shape(), x.u.dtype);
+    let state_out = empty_device_dtype(client.clone(), device.clone(), x.state.shape(), x.state.dtype);
+
+    let (tf, tp, tw, ts) = (st(x.u.dtype), st(x.b.dtype), st(x.a_log.dtype), st(x.state.dtype));
+    if len <= SCAN_SEQUENTIAL_MAX_LEN {
+        let project = dt_w.is_some();
+        // Not read without projection; any tensor of u's dtype will do as the argument.
+        let dt_w = dt_w.unwrap_or_else(|| x.delta.clone());
+        // SAFETY: the kernel returns before any access for channels past the last, and every other
+        // index it forms is inside the shapes it reads (steps < L, states < N, batch < grid).
+        unsafe {
+            scan_sequential::launch_unchecked(
+                &client,
+                CubeCount::Static((di as u32).div_ceil(SCAN_CHANNELS_PER_CUBE), bsz as u32, 1),
+                CubeDim::new_1d(SCAN_CHANNELS_PER_CUBE),
+                x.u.into_tensor_arg(),
+                x.delta.into_tensor_arg(),
+                dt_w.into_tensor_arg(),
+                x.delta_bias.into_tensor_arg(),
+                x.a_log.into_tensor_arg(),
+                x.b.into_tensor_arg(),
+                x.c.into_tensor_arg(),
+                x.d.into_tensor_arg(),
+                x.z.into_tensor_arg(),
+                x.state.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                state_out.clone().into_tensor_arg(),
+                n_state,
+                project,
+                [tf, tp, tw, ts],
+            )
+        };
+    } else {
+        assert!(dt_w.is_none(), "dt_proj folds only into the sequential scan (see scan_projects)");
+        let (warps, items) = scan_block_shape();
+        // SAFETY: channels past the last are clamped to I − 1 for loads and store nothing; steps are
+        // clamped to L − 1 for loads and stored only below L; states ≥ N are never read or written;
+        // shared-memory indices stay below the sizes the kernel declares from the same comptime values.
+        unsafe {
+            scan_block::launch_unchecked(
+                &client,
+                CubeCount::Static((di as u32).div_ceil(BLOCK_LANES), bsz as u32, 1),
+                CubeDim::new_2d(BLOCK_LANES, warps as u32),
+                x.u.into_tensor_arg(),
+                x.delta.into_tensor_arg(),
+                x.delta_bias.into_tensor_arg(),
+                x.a_log.into_tensor_arg(),
+                x.b.into_tensor_arg(),
+                x.c.into_tensor_arg(),
+                x.d.into_tensor_arg(),
+                x.z.into_tensor_arg(),
+                x.state.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                state_out.clone().into_tensor_arg(),
+                n_state,
+                warps,
+                items,
+                [tf, tp, tw, ts],
+            )
+        };
+    }
+    (out, state_out)
+}
+
+/// Whether [`step_dbc`] covers a decode step of `u` (`[b, l, I]`) from the x_proj output `dbc`
+/// (`[b, l, R + 2N]`) with dt_proj weight `dt_w` (`[R, I]`): a short sequence, one activation dtype,
+/// `N` = `n_state`, a rank that fits shared memory, and the layouts the kernel indexes without
+/// strides (u, z and dbc contiguous along their last dim, dt_w along the rank, as the mixer and the
+/// loader produce them).
+pub fn step_dbc_applies<R: CubeRuntime>(
+    u: &CubeTensor<R>,
+    z: &CubeTensor<R>,
+    dbc: &CubeTensor<R>,
+    dt_w: &CubeTensor<R>,
+    n_state: usize,
+) -> bool {
+    /// Largest rank staged in shared memory (falcon-mamba-7b: 256).
+    const MAX_RANK: usize = 4096;
+    let [b, len, di] = dims3(u);
+    let [bd, ld, width] = dims3(dbc);
+    let (rank, wi) = (dt_w.shape()[0], dt_w.shape()[1]);
+    (1..=SCAN_SEQUENTIAL_MAX_LEN).contains(&len)
+        && (bd, ld) == (b, len)
+        && dims3(z) == [b, len, di]
+        && (1..=MAX_RANK).contains(&rank)
+        && width == rank + 2 * n_state
+        && wi == di
+        && dbc.dtype == u.dtype
+        && dt_w.dtype == u.dtype
+        && z.dtype == u.dtype
+        && u.meta.strides()[2] == 1
+        && z.meta.strides()[2] == 1
+        && dbc.meta.strides()[2] == 1
+        && dt_w.meta.strides()[0] == 1
+}
+
+/// The inputs of [`step_dbc`] (shapes and dtypes as [`ScanTensors`], `dbc` x_proj's output,
+/// `dt_w` dt_proj's weight `[R, I]`).
+pub struct StepTensors<R: CubeRuntime> {
+    pub u: CubeTensor<R>,
+    pub dbc: CubeTensor<R>,
+    pub dt_w: CubeTensor<R>,
+    pub delta_bias: CubeTensor<R>,
+    pub a_log: CubeTensor<R>,
+    pub d: CubeTensor<R>,
+    pub z: CubeTensor<R>,
+    pub state: CubeTensor<R>,
+}
+
+/// A FalconMamba decode step from x_proj's output in one launch (see [`scan_step_dbc`](fn@scan_step_dbc)); check
+/// [`step_dbc_applies`] first. Returns `(o [b, l, i], final state)` as [`selective_scan`].
+pub fn step_dbc<R: CubeRuntime>(x: StepTensors<R>, eps: f64) -> (CubeTensor<R>, CubeTensor<R>) {
+    let [bsz, len, di] = dims3(&x.u);
+    let n_state = x.a_log.shape()[1];
+    let rank = x.dt_w.shape()[0];
+    assert!(x.d.dtype == x.a_log.dtype && x.delta_bias.dtype == x.a_log.dtype, "D and bias must have A_log's dtype");
+    let client = x.u.client.clone();
+    let device = x.u.device.clone();
+    let out = empty_device_dtype(client.clone(), device.clone(), x.u.shape(), x.u.dtype);
+    let state_out = empty_device_dtype(client.clone(), device, x.state.shape(), x.state.dtype);
+    let types = [st(x.u.dtype), st(x.a_log.dtype), st(x.state.dtype)];
+    // Rows of the parameters and states are addressed through their strides (the allocator may pitch
+    // rows); the last dim must be unit-stride.
+    let (a_log, state) = (unit_last(x.a_log), unit_last(x.state));
+    let (us, zs, xs) = (x.u.meta.strides(), x.z.meta.strides(), x.dbc.meta.strides());
+    let (os, ss, sos) = (out.meta.strides(), state.meta.strides(), state_out.meta.strides());
+    let dims = StepDimsLaunch::new(
+        len,
+        di,
+        us[0],
+        us[1],
+        zs[0],
+        zs[1],
+        xs[0],
+        xs[1],
+        x.dt_w.meta.strides()[1],
+        a_log.meta.strides()[0],
+        ss[0],
+        ss[1],
+        os[0],
+        os[1],
+        sos[0],
+        sos[1],
+    );
+    // SAFETY: channels past the last are clamped to I − 1 for loads and store nothing; rank columns
+    // stay below R, dbc columns below R + 2N, steps below L and batches below the grid, through the
+    // strides passed (unit last strides checked by `step_dbc_applies` or made so here); shared memory
+    // is sized from the same comptime values.
+    unsafe {
+        scan_step_dbc::launch_unchecked(
+            &client,
+            CubeCount::Static((di as u32).div_ceil(STEP_LANES), bsz as u32, 1),
+            CubeDim::new_2d(STEP_LANES, STEP_ROWS),
+            x.u.into_array_arg(),
+            x.dbc.into_array_arg(),
+            x.dt_w.into_array_arg(),
+            into_contiguous(x.delta_bias).into_array_arg(),
+            a_log.into_array_arg(),
+            into_contiguous(x.d).into_array_arg(),
+            x.z.into_array_arg(),
+            state.into_array_arg(),
+            out.clone().into_array_arg(),
+            state_out.clone().into_array_arg(),
+            dims,
+            eps as f32,
+            rank,
+            n_state,
+            types,
+        )
+    };
+    (out, state_out)
 }
