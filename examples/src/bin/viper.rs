@@ -176,43 +176,24 @@ fn resolve_model(model: &str) -> Result<PathBuf> {
     }
     #[cfg(feature = "hub")]
     if model.contains('/') && !path.exists() {
-        return download(model);
+        return Ok(viper_examples::hub::Hub::from_env(true)?.checkpoint(model)?.dir);
     }
     bail!("model directory {model} not found")
-}
-
-#[cfg(feature = "hub")]
-fn download(id: &str) -> Result<PathBuf> {
-    let api = hf_hub::api::sync::ApiBuilder::new().with_progress(true).build()?;
-    let repo = api.model(id.to_string());
-    let config = repo.get("config.json").with_context(|| format!("{id}: config.json"))?;
-    let info = repo.info().with_context(|| format!("{id}: listing files"))?;
-    for file in info.siblings.iter().map(|s| s.rfilename.as_str()) {
-        let wanted = file.ends_with(".safetensors") || file.ends_with(".json") || file.ends_with(".jinja");
-        if wanted {
-            repo.get(file).with_context(|| format!("{id}: {file}"))?;
-        }
-    }
-    Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
 /// With the `hub` feature: the CLIP tower named by `mm_vision_tower` when it is frozen (so not stored in
 /// the checkpoint) and is a hub id rather than a local folder.
 #[cfg(feature = "hub")]
-fn hub_vision_tower(dir: &Path) -> Option<PathBuf> {
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).ok()?).ok()?;
-    let frozen = !config["unfreeze_mm_vision_tower"].as_bool().unwrap_or(false);
-    let name = config["mm_vision_tower"].as_str()?;
-    if !frozen || !name.contains('/') || dir.join(name).exists() {
-        return None;
+fn hub_vision_tower(dir: &Path) -> Result<Option<PathBuf>> {
+    if viper_examples::hub::frozen_tower_id(dir).is_none() {
+        return Ok(None);
     }
-    download(name).map_err(|e| log::warn!("cannot download the vision tower {name}: {e:#}")).ok()
+    Ok(viper_examples::hub::Hub::from_env(true)?.frozen_vision_tower(dir)?.map(|s| s.dir))
 }
 
 #[cfg(not(feature = "hub"))]
-fn hub_vision_tower(_: &Path) -> Option<PathBuf> {
-    None
+fn hub_vision_tower(_: &Path) -> Result<Option<PathBuf>> {
+    Ok(None)
 }
 
 fn load<B: SsmBackend>(args: &CommonArgs, device: &B::Device) -> Result<Viper<B>> {
@@ -223,7 +204,10 @@ fn load<B: SsmBackend>(args: &CommonArgs, device: &B::Device) -> Result<Viper<B>
             DtypeArg::F16 => FloatDType::F16,
             DtypeArg::Bf16 => FloatDType::BF16,
         }),
-        vision_tower: args.vision_tower.clone().or_else(|| hub_vision_tower(&dir)),
+        vision_tower: match &args.vision_tower {
+            Some(path) => Some(path.clone()),
+            None => hub_vision_tower(&dir)?,
+        },
         strict_context: args.strict_context,
     };
     let bar = spinner(&format!("loading {}", dir.display()));
