@@ -93,6 +93,10 @@ fn cublas_projection<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> SsmBackend for CubeBackend<R, F, I, BT> {
+    fn device_memory_reserved(device: &Self::Device) -> Option<u64> {
+        R::client(device).memory_usage().ok().map(|usage| usage.bytes_reserved)
+    }
+
     fn rms_norm(input: RmsNormInput<Self>) -> Tensor<Self, 3> {
         norm(input)
     }

@@ -300,6 +300,10 @@ fn conv<B: FusionBackend + SsmBackend>(x: ConvInput<Fusion<B>>) -> (Tensor<Fusio
 }
 
 impl<B: FusionBackend + SsmBackend> SsmBackend for Fusion<B> {
+    fn device_memory_reserved(device: &Self::Device) -> Option<u64> {
+        B::device_memory_reserved(device)
+    }
+
     fn rms_norm(input: RmsNormInput<Self>) -> Tensor<Self, 3> {
         norm(input)
     }

@@ -128,4 +128,11 @@ pub trait SsmBackend: Backend {
     ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
         add_then_norm(input, y, stream)
     }
+
+    /// Device memory the backend holds reserved on `device` (its pools, in use or free), in bytes, for
+    /// the product path's stats; `None` where the backend does not say (the CPU backends).
+    fn device_memory_reserved(device: &Self::Device) -> Option<u64> {
+        let _ = device;
+        None
+    }
 }
