@@ -1,12 +1,16 @@
 //! The decoding loop: one prefill over the prompt embeddings, then one token at a time through the
 //! model's cache (never re-running the prompt), with streaming text and stop conditions.
 
+use std::time::Instant;
+
 use burn::prelude::*;
 use viper_chat_template::Tokenizer;
+use viper_ssm::SsmBackend;
 
 use crate::error::{ModelError, Result};
 use crate::lm::{LanguageModel, Logits};
 use crate::sampling::{Sampler, SamplingConfig};
+use crate::stats::{ms, GenerationStats};
 
 /// What to generate and when to stop.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +61,9 @@ pub struct Generation {
     pub finish: FinishReason,
     /// f32 logits at the last prompt position (the ones that chose `ids[0]`).
     pub prompt_logits: Vec<f32>,
+    /// Prefill and decode timings ([`generate`] fills those; the pipeline adds the image stages and
+    /// counts the time to first token from the start of the request).
+    pub stats: GenerationStats,
 }
 
 fn host_logits<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<f32>> {
@@ -68,7 +75,7 @@ fn host_logits<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<f32>> {
 ///
 /// On return the cache holds the prompt and every generated token except the last one, which a
 /// follow-up turn feeds first (see [`crate::ChatSession`]).
-pub fn generate<B: Backend, M: LanguageModel<B>>(
+pub fn generate<B: SsmBackend, M: LanguageModel<B>>(
     model: &M,
     cache: &mut M::Cache,
     prompt: Tensor<B, 3>,
@@ -89,12 +96,21 @@ pub fn generate<B: Backend, M: LanguageModel<B>>(
     let mut ids: Vec<u32> = Vec::new();
     let mut text = String::new();
     let mut finish = FinishReason::Length;
+    let mut stats = GenerationStats { prefill_positions: prompt.dims()[1], ..GenerationStats::default() };
 
+    let start = Instant::now();
+    // Reading the logits back waits for the device: the prefill's clock stops there.
     let mut logits = host_logits(model.forward(prompt, cache, Logits::Last))?;
+    stats.prefill_ms = ms(start.elapsed());
     let prompt_logits = logits.clone();
+    let mut decode_start = None;
     while ids.len() < config.max_new_tokens {
         let id = sampler.sample(&mut logits, &ids);
         ids.push(id);
+        if decode_start.is_none() {
+            stats.ttft_ms = ms(start.elapsed());
+            decode_start = Some(Instant::now());
+        }
         if let Some(piece) = stream.step(id)? {
             text.push_str(&piece);
             on_text(&piece);
@@ -115,6 +131,11 @@ pub fn generate<B: Backend, M: LanguageModel<B>>(
         let next = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![i64::from(id)], [1, 1]), &device);
         logits = host_logits(model.forward(model.embed(next), cache, Logits::Last))?;
     }
+    if let Some(t) = decode_start {
+        stats.decode_ms = ms(t.elapsed());
+    }
+    stats.decode_tokens = ids.len().saturating_sub(1);
+    stats.peak_device_bytes = B::device_memory_reserved(&device);
     if finish == FinishReason::Length {
         if let Some(rest) = stream.finish()? {
             on_text(&rest);
@@ -126,5 +147,5 @@ pub fn generate<B: Backend, M: LanguageModel<B>>(
         answer
             .truncate(config.stop_strings.iter().filter_map(|s| answer.find(s.as_str())).min().unwrap_or(answer.len()));
     }
-    Ok(Generation { ids, text: answer, finish, prompt_logits })
+    Ok(Generation { ids, text: answer, finish, prompt_logits, stats })
 }

@@ -8,6 +8,7 @@ pub mod generate;
 pub mod lm;
 pub mod pipeline;
 pub mod sampling;
+pub mod stats;
 pub mod viper;
 
 pub use config::{FalconMambaConfig, LanguageConfig, LlavaConfig, ViperConfig};
@@ -17,7 +18,8 @@ pub use generate::{generate, FinishReason, Generation, GenerationConfig};
 pub use lm::{LanguageModel, Logits};
 pub use pipeline::{ChatSession, PreparedPrompt, Viper};
 pub use sampling::{Sampler, SamplingConfig};
+pub use stats::{GenerationStats, LoadStats};
 // What an app needs besides the backend type, so that `viper-model` is its one viper dependency.
+pub use viper::{ImageEncoding, Language, ViperCache, ViperLoadOptions, ViperModel, VisionSide};
 pub use viper_processor::{ImageLoader, RgbImage};
 pub use viper_ssm::SsmBackend;
-pub use viper::{ImageEncoding, Language, ViperCache, ViperLoadOptions, ViperModel, VisionSide};

@@ -119,7 +119,13 @@ mod tests {
 
     #[test]
     fn rates() {
-        let s = GenerationStats { decode_tokens: 50, decode_ms: 250.0, prefill_positions: 1000, prefill_ms: 100.0, ..Default::default() };
+        let s = GenerationStats {
+            decode_tokens: 50,
+            decode_ms: 250.0,
+            prefill_positions: 1000,
+            prefill_ms: 100.0,
+            ..Default::default()
+        };
         assert_eq!(s.decode_tokens_per_s(), Some(200.0));
         assert_eq!(s.prefill_tokens_per_s(), Some(10_000.0));
         let load = LoadStats { seconds: 2.0, bytes: 6_000_000_000 };

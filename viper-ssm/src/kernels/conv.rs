@@ -14,6 +14,8 @@
 //! dtype `F`, the taps and bias have dtype `W`.
 //!
 //! Below the kernel, its launcher [`causal_conv1d`].
+#![allow(missing_docs)]
+#![warn(clippy::missing_docs_in_private_items)]
 
 use burn::tensor::TensorMetadata;
 use burn_cubecl::kernel::into_contiguous;

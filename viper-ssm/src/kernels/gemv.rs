@@ -14,6 +14,8 @@
 //! once, which is what bounds decode.
 //!
 //! Below the kernel, its launcher [`gemv`](fn@gemv) and the check [`gemv_applies`].
+#![allow(missing_docs)]
+#![warn(clippy::missing_docs_in_private_items)]
 
 use burn::tensor::TensorMetadata;
 use burn_cubecl::kernel::into_contiguous;

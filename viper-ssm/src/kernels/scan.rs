@@ -38,6 +38,8 @@
 //! Below the kernels, their host side: [`selective_scan_projected`] runs [`scan_sequential`](fn@scan_sequential)
 //! up to [`SCAN_SEQUENTIAL_MAX_LEN`] steps and [`scan_block`](fn@scan_block) beyond; [`step_dbc`] launches
 //! [`scan_step_dbc`](fn@scan_step_dbc).
+#![allow(missing_docs)]
+#![warn(clippy::missing_docs_in_private_items)]
 
 use std::sync::OnceLock;
 
