@@ -50,5 +50,17 @@ impl From<viper_ssm::ConfigError> for ModelError {
     }
 }
 
+/// The FalconMamba LM's errors keep their kind: the same variants as before it moved to `viper-ssm`.
+impl From<viper_ssm::LmError> for ModelError {
+    fn from(e: viper_ssm::LmError) -> Self {
+        match e {
+            viper_ssm::LmError::Io { path, source } => ModelError::Io { path, source },
+            viper_ssm::LmError::ConfigParse { path, reason } => ModelError::ConfigParse { path, reason },
+            viper_ssm::LmError::Config(reason) => ModelError::Config(reason),
+            viper_ssm::LmError::Checkpoint(e) => ModelError::Checkpoint(e),
+        }
+    }
+}
+
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, ModelError>;

@@ -88,14 +88,9 @@ impl<B: SsmBackend> Viper<B> {
         self.embed(prompt, tokens, conversation.images().collect())
     }
 
+    /// Preprocesses, encodes and splices `images`, one per `<image>` marker of `tokens` (the count
+    /// [`ChatTemplate::render`] checked).
     fn embed(&self, prompt: String, tokens: PromptTokens, images: Vec<&RgbImage>) -> Result<PreparedPrompt<B>> {
-        if tokens.image_positions.len() != images.len() {
-            return Err(ModelError::Input(format!(
-                "the prompt has {} <image> marker(s) but {} image(s) were given",
-                tokens.image_positions.len(),
-                images.len()
-            )));
-        }
         let (images, encoding) = if images.is_empty() {
             (Vec::new(), None)
         } else {

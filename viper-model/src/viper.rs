@@ -9,14 +9,14 @@ use burn::tensor::{DType, FloatDType};
 use viper_chat_template::IMAGE_TOKEN_INDEX;
 use viper_checkpoint::{Checkpoint, LoadOptions};
 use viper_moe::{JambaCache, JambaForCausalLM};
-use viper_processor::{parse_pinpoints, PreprocessorConfig, ProcessedImage, Processor};
+use viper_processor::{ProcessedImage, Processor};
 use viper_ssm::SsmBackend;
 use viper_vision::{
     spatial_unpad_merge, vision_model_prefix, ClipVisionConfig, ClipVisionTower, FeatureSelect, MmProjector,
     SelectFeature,
 };
 
-use crate::config::{read_json, LanguageConfig, ViperConfig};
+use crate::config::{LanguageConfig, ViperConfig};
 use crate::error::{ModelError, Result};
 use crate::falcon_mamba::{FalconMambaCache, FalconMambaForCausalLM};
 use crate::lm::{LanguageModel, Logits};
@@ -179,12 +179,10 @@ impl<B: SsmBackend> ViperModel<B> {
             .iter()
             .map(|im| {
                 let n = im.shape[0];
-                let g = &im.geometry;
                 let feats = projected_features.clone().narrow(0, start, n);
                 start += n;
-                let grid = (g.grid.0 as usize, g.grid.1 as usize);
-                let size = (g.original_size.0 as usize, g.original_size.1 as usize);
-                Ok(spatial_unpad_merge(feats, grid, size, vision.image_newline.val())?)
+                // The processor's geometry of this image, as it computed it.
+                Ok(spatial_unpad_merge(feats, &im.geometry, vision.image_newline.val())?)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(ImageEncoding { clip_features, projected_features, image_features })
@@ -193,14 +191,12 @@ impl<B: SsmBackend> ViperModel<B> {
     /// Text embeddings of `ids` with each [`IMAGE_TOKEN_INDEX`] replaced by the next image's
     /// features, then cut to `tokenizer_model_max_length` as upstream does (or refused, with
     /// `strict_context`). Returns `[1, L, H]`.
+    ///
+    /// `ids` are the tokens of a rendered prompt, with one [`IMAGE_TOKEN_INDEX`] per entry of `images`:
+    /// the marker count is checked once, where the markers meet the images, by
+    /// [`ChatTemplate::render`](viper_chat_template::ChatTemplate::render)
+    /// (`viper_chat_template::Error::ImageCount`), and not again here.
     pub fn embed_prompt(&self, ids: &[i64], images: &[Tensor<B, 2>]) -> Result<Tensor<B, 3>> {
-        let markers = ids.iter().filter(|&&id| id == IMAGE_TOKEN_INDEX).count();
-        if markers != images.len() {
-            return Err(ModelError::Input(format!(
-                "the prompt has {markers} image placeholder(s) but {} image(s) were given",
-                images.len()
-            )));
-        }
         let vocab = self.vocab_size();
         if let Some(bad) = ids.iter().find(|&&id| id != IMAGE_TOKEN_INDEX && (id < 0 || id as usize >= vocab)) {
             return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary of {vocab}")));
@@ -248,24 +244,13 @@ fn load_vision<B: SsmBackend>(
     let llava = &config.llava;
     let tower_dir =
         llava.mm_vision_tower.as_deref().map(|name| dir.join(name)).filter(|p| p.join("config.json").is_file());
-    let (clip, preprocessor) = if let Some(td) = &tower_dir {
-        let pre = td.join("preprocessor_config.json");
-        let pre = if pre.is_file() { read_json::<PreprocessorConfig>(&pre)? } else { PreprocessorConfig::default() };
-        (ClipVisionConfig::from_file(td.join("config.json"))?, pre)
-    } else {
-        let clip = match (&llava.vision_config, &llava.mm_vision_tower) {
-            (Some(v), _) => ClipVisionConfig::from_value(v)?,
-            (None, Some(name)) => ClipVisionConfig::from_name(name)?,
-            (None, None) => {
-                return Err(ModelError::Config("multimodal config without mm_vision_tower or vision_config".into()))
-            }
-        };
-        let pre = match &llava.vision_preprocessor_config {
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| ModelError::Config(format!("vision_preprocessor_config: {e}")))?,
-            None => PreprocessorConfig::default(),
-        };
-        (clip, pre)
+    let clip = match (&tower_dir, &llava.vision_config, &llava.mm_vision_tower) {
+        (Some(td), _, _) => ClipVisionConfig::from_file(td.join("config.json"))?,
+        (None, Some(v), _) => ClipVisionConfig::from_value(v)?,
+        (None, None, Some(name)) => ClipVisionConfig::from_name(name)?,
+        (None, None, None) => {
+            return Err(ModelError::Config("multimodal config without mm_vision_tower or vision_config".into()))
+        }
     };
     if let Some(mm) = llava.mm_hidden_size.filter(|&mm| mm != clip.hidden_size) {
         return Err(ModelError::Config(format!(
@@ -310,14 +295,8 @@ fn load_vision<B: SsmBackend>(
     let mm_projector = MmProjector::load(&llava.mm_projector_type, clip.hidden_size, h, &w, device)?;
     let image_newline = Param::from_tensor(w.tensor("image_newline", [h], device)?);
 
-    match llava.image_aspect_ratio.as_deref() {
-        Some("anyres") | None => {}
-        Some(other) => {
-            return Err(ModelError::Config(format!(
-                "image_aspect_ratio `{other}` is not supported (Viper uses anyres)"
-            )))
-        }
-    }
+    // The one resolution of the preprocessing config (aspect ratio, pinpoints, normalisation, sizes).
+    let processor = llava.anyres.resolve(clip.image_size as u32, clip.patch_size as u32, tower_dir.as_deref())?;
     match llava.mm_patch_merge_type.as_deref() {
         Some("spatial_unpad") | None => {}
         Some(other) => {
@@ -326,12 +305,6 @@ fn load_vision<B: SsmBackend>(
             )))
         }
     }
-    let tile = clip.image_size as u32;
-    let pinpoints = llava
-        .image_grid_pinpoints
-        .as_ref()
-        .ok_or_else(|| ModelError::Config("anyres needs image_grid_pinpoints".into()))?;
-    let processor = Processor::new(parse_pinpoints(pinpoints, tile)?, tile, clip.patch_size as u32, preprocessor)?;
     Ok((VisionSide { vision_tower, mm_projector, image_newline }, processor))
 }
 
@@ -366,32 +339,8 @@ impl<B: SsmBackend> LanguageModel<B> for ViperModel<B> {
     fn forward(&self, embeds: Tensor<B, 3>, cache: &mut ViperCache<B>, logits: Logits) -> Tensor<B, 3> {
         match (&self.language, cache) {
             (Language::FalconMamba(m), ViperCache::FalconMamba(c)) => m.forward(embeds, c, logits),
-            (Language::Jamba(m), ViperCache::Jamba(c)) => LanguageModel::forward(m, embeds, c, logits),
+            (Language::Jamba(m), ViperCache::Jamba(c)) => m.forward(embeds, c, logits),
             _ => unreachable!("a ViperCache is only created by the model it belongs to"),
         }
-    }
-}
-
-impl<B: SsmBackend> LanguageModel<B> for JambaForCausalLM<B> {
-    type Cache = JambaCache<B>;
-
-    fn vocab_size(&self) -> usize {
-        JambaForCausalLM::vocab_size(self)
-    }
-
-    fn hidden_size(&self) -> usize {
-        self.config.hidden_size
-    }
-
-    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        JambaForCausalLM::embed(self, ids)
-    }
-
-    fn new_cache(&self, batch: usize) -> JambaCache<B> {
-        JambaForCausalLM::new_cache(self, batch)
-    }
-
-    fn forward(&self, embeds: Tensor<B, 3>, cache: &mut JambaCache<B>, logits: Logits) -> Tensor<B, 3> {
-        JambaForCausalLM::forward(self, embeds, cache, logits == Logits::Last)
     }
 }

@@ -21,7 +21,7 @@ fn config_with(
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.json");
     std::fs::write(&path, json.to_string()).unwrap();
-    FalconMambaConfig::from_file(&path)
+    Ok(FalconMambaConfig::from_file(&path)?)
 }
 
 #[test]
@@ -54,13 +54,13 @@ fn config_errors() {
     })
     .unwrap();
     assert_eq!(auto.mamba().dt_rank, 3); // ceil(48 / 16)
-    let missing_file = FalconMambaConfig::from_file(Path::new("/nonexistent/config.json"));
+    let missing_file = FalconMambaConfig::from_file(Path::new("/nonexistent/config.json")).map_err(ModelError::from);
     assert!(matches!(missing_file, Err(ModelError::Io { .. })));
 }
 
 fn load(config: &FalconMambaConfig, dir: &Path) -> Result<FalconMambaForCausalLM<B>, ModelError> {
     let ckpt = Checkpoint::open(dir)?;
-    FalconMambaForCausalLM::load(config, &ckpt, LoadOptions::default(), &Default::default())
+    Ok(FalconMambaForCausalLM::load(config, &ckpt, LoadOptions::default(), &Default::default())?)
 }
 
 #[test]

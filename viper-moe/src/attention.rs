@@ -1,10 +1,12 @@
-//! Jamba attention (spec §7.3): grouped-query heads, causal, **no positional encoding**, KV cache.
+//! Jamba attention (spec §7.3): grouped-query heads, causal, **no positional encoding**, KV cache. The
+//! four projections go through [`viper_ssm::linear`].
 
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use burn::tensor::FloatDType;
 use viper_checkpoint::{Result, Weights};
+use viper_ssm::{linear, SsmBackend};
 
 use crate::config::JambaConfig;
 
@@ -36,7 +38,7 @@ pub struct JambaAttention<B: Backend> {
     pub kv_heads: usize,
 }
 
-impl<B: Backend> JambaAttention<B> {
+impl<B: SsmBackend> JambaAttention<B> {
     /// Loads `…self_attn.*`.
     pub fn load(c: &JambaConfig, w: &Weights, device: &B::Device) -> Result<Self> {
         let (h, hd) = (c.hidden_size, c.head_dim());
@@ -55,9 +57,9 @@ impl<B: Backend> JambaAttention<B> {
         let [b, l, _] = x.dims();
         let hd = self.q_proj.weight.dims()[1] / self.heads;
         let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, l, heads, hd]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()), self.heads); // (b, heads, l, hd)
-        let k = split(self.k_proj.forward(x.clone()), self.kv_heads); // (b, kv, l, hd)
-        let v = split(self.v_proj.forward(x), self.kv_heads);
+        let q = split(linear(&self.q_proj, x.clone()), self.heads); // (b, heads, l, hd)
+        let k = split(linear(&self.k_proj, x.clone()), self.kv_heads); // (b, kv, l, hd)
+        let v = split(linear(&self.v_proj, x), self.kv_heads);
         let (k, v) = match cache.take() {
             Some(c) => (Tensor::cat(vec![c.k, k], 2), Tensor::cat(vec![c.v, v], 2)),
             None => (k, v),
@@ -87,6 +89,6 @@ impl<B: Backend> JambaAttention<B> {
         };
         let probs = softmax(scores, 3).cast(v.dtype());
         let out = probs.matmul(v).swap_dims(1, 2).reshape([b, l, self.heads * hd]);
-        self.o_proj.forward(out)
+        linear(&self.o_proj, out)
     }
 }

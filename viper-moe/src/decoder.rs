@@ -2,12 +2,12 @@
 //! `model.{embed_tokens, layers.{i}.{input_layernorm, self_attn | mamba, pre_ff_layernorm, feed_forward},
 //! final_layernorm}`, `lm_head`.
 
-use burn::module::Param;
 use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
-use burn::tensor::FloatDType;
-use viper_checkpoint::{Checkpoint, CheckpointError, LoadOptions, Weights};
-use viper_ssm::{MambaMixer, MambaState, RmsNorm, SsmBackend};
+use viper_checkpoint::{Checkpoint, LoadOptions, Weights};
+use viper_ssm::{
+    lm_logits, LanguageModel, LmLayout, LmParts, LmShape, Logits, MambaMixer, MambaState, RmsNorm, SsmBackend,
+};
 
 use crate::attention::{JambaAttention, KvCache};
 use crate::config::{JambaConfig, LayerKind};
@@ -25,7 +25,7 @@ pub enum FeedForward<B: Backend> {
     Moe(SparseMoe<B>),
 }
 
-impl<B: Backend> FeedForward<B> {
+impl<B: SsmBackend> FeedForward<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         match self {
             FeedForward::Dense(mlp) => mlp.forward(x),
@@ -142,48 +142,53 @@ pub struct JambaForCausalLM<B: Backend> {
     pub config: JambaConfig,
 }
 
+/// Where Jamba's shared parts sit.
+const LAYOUT: LmLayout =
+    LmLayout { family: "Jamba", backbone: "model.", embeddings: "embed_tokens", final_norm: "final_layernorm" };
+
 impl<B: SsmBackend> JambaForCausalLM<B> {
     /// Loads the LM from a checkpoint whose keys sit under any prefix (`model.` in a plain
     /// `JambaForCausalLM` and in a Viper checkpoint).
     pub fn load(config: &JambaConfig, ckpt: &Checkpoint, options: LoadOptions, device: &B::Device) -> Result<Self> {
         config.validate().map_err(Error::Config)?;
-        let prefix = ckpt.prefix_of("final_layernorm.weight").ok_or_else(|| CheckpointError::MissingTensor {
-            key: "model.final_layernorm.weight".into(),
-            hint: " (no key ends with `final_layernorm.weight`: not a Jamba checkpoint?)".into(),
+        let shape = LmShape {
+            hidden_size: config.hidden_size,
+            vocab_size: config.vocab_size,
+            norm_eps: config.rms_norm_eps,
+            tie_word_embeddings: config.tie_word_embeddings,
+        };
+        let (LmParts { embeddings, final_norm, lm_head }, layers) = LAYOUT.load(ckpt, options, shape, device, |w| {
+            (0..config.num_hidden_layers)
+                .map(|i| JambaDecoderLayer::load(config, i, &w.pp(format_args!("layers.{i}")), device))
+                .collect::<Result<Vec<_>>>()
         })?;
-        let root = prefix.strip_suffix("model.").unwrap_or(&prefix).to_string();
-        let all = ckpt.weights(options);
-        let w = all.at(&prefix);
-        let h = config.hidden_size;
-        let vocab = w.shape("embed_tokens.weight")?.first().copied().unwrap_or(0);
-        if vocab != config.vocab_size {
-            log::warn!("embedding matrix has {vocab} rows but config.json says vocab_size {}", config.vocab_size);
-        }
-        let emb = w.pp("embed_tokens").tensor::<B, 2>("weight", [vocab, h], device)?;
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| JambaDecoderLayer::load(config, i, &w.pp(format_args!("layers.{i}")), device))
-            .collect::<Result<Vec<_>>>()?;
-        let final_layernorm = RmsNorm::load(&w.pp("final_layernorm"), h, config.rms_norm_eps, device)?;
-        let lm_head = all.at(&root).lm_head("lm_head", &emb, config.tie_word_embeddings)?;
         Ok(Self {
-            model: JambaModel { embed_tokens: Embedding { weight: Param::from_tensor(emb) }, layers, final_layernorm },
+            model: JambaModel { embed_tokens: embeddings, layers, final_layernorm: final_norm },
             lm_head,
             config: config.clone(),
         })
     }
+}
+
+impl<B: SsmBackend> LanguageModel<B> for JambaForCausalLM<B> {
+    type Cache = JambaCache<B>;
 
     /// Rows of the embedding matrix.
-    pub fn vocab_size(&self) -> usize {
+    fn vocab_size(&self) -> usize {
         self.model.embed_tokens.weight.dims()[0]
     }
 
+    fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
     /// Token embeddings `[b, l] → [b, l, H]`.
-    pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         self.model.embed_tokens.forward(ids)
     }
 
     /// An empty hybrid cache for `batch` sequences.
-    pub fn new_cache(&self, batch: usize) -> JambaCache<B> {
+    fn new_cache(&self, batch: usize) -> JambaCache<B> {
         let layers = self
             .model
             .layers
@@ -196,19 +201,16 @@ impl<B: SsmBackend> JambaForCausalLM<B> {
         JambaCache { layers }
     }
 
-    /// Runs `embeds` (`[b, l, H]`) after the cache's contents; returns f32 logits of every position,
-    /// or of the last one only when `last_only` (spec §7.7).
-    pub fn forward(&self, embeds: Tensor<B, 3>, cache: &mut JambaCache<B>, last_only: bool) -> Tensor<B, 3> {
-        let l = embeds.dims()[1];
+    /// Runs `embeds` (`[b, l, H]`) after the cache's contents; returns f32 logits of the positions
+    /// `logits` selects (spec §7.7).
+    fn forward(&self, embeds: Tensor<B, 3>, cache: &mut JambaCache<B>, logits: Logits) -> Tensor<B, 3> {
         let mut h = embeds;
         for (layer, c) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
             h = layer.forward(h, c);
         }
-        if last_only {
-            h = h.narrow(1, l - 1, 1);
-        }
+        let h = logits.select(h);
         let dtype = h.dtype();
         let y = self.model.final_layernorm.forward(h).cast(dtype);
-        self.lm_head.forward(y).cast(FloatDType::F32)
+        lm_logits(&self.lm_head, y)
     }
 }

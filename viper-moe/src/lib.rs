@@ -1,5 +1,8 @@
 //! Jamba, the language side of Viper-Jamba-52B: Mamba layers (through `viper-ssm`), attention layers
 //! without positional encoding, and sparse mixture-of-experts feed-forwards, with a hybrid cache.
+//! [`JambaForCausalLM`] implements `viper-ssm`'s [`LanguageModel`] (re-exported here with [`Logits`]),
+//! loads its embeddings, final norm and `lm_head` through [`viper_ssm::LmLayout`], and runs every
+//! product through [`viper_ssm::linear`].
 
 pub mod attention;
 pub mod config;
@@ -10,6 +13,7 @@ pub use attention::{JambaAttention, KvCache};
 pub use config::{JambaConfig, LayerKind};
 pub use decoder::{FeedForward, JambaCache, JambaDecoderLayer, JambaForCausalLM, JambaModel, LayerCache};
 pub use moe::{JambaMlp, SparseMoe};
+pub use viper_ssm::{LanguageModel, Logits};
 
 /// Errors of Jamba construction.
 #[derive(Debug, thiserror::Error)]

@@ -1,10 +1,12 @@
-//! Jamba feed-forwards (spec §7.5): the SiLU-gated MLP and the sparse mixture of experts.
+//! Jamba feed-forwards (spec §7.5): the SiLU-gated MLP and the sparse mixture of experts. Every
+//! product (router, gate/up/down of the dense MLP and of each expert) goes through [`viper_ssm::linear`].
 
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{FloatDType, IndexingUpdateOp};
 use viper_checkpoint::{Result, Weights};
+use viper_ssm::{linear, SsmBackend};
 
 /// `down_proj(silu(gate_proj(x)) ⊙ up_proj(x))`, no biases: the dense layer and each expert.
 #[derive(Module, Debug)]
@@ -17,7 +19,16 @@ pub struct JambaMlp<B: Backend> {
     pub down_proj: Linear<B>,
 }
 
-impl<B: Backend> JambaMlp<B> {
+/// `layer` on the rows of `x` (`[…, d_in]`, leading dims flattened into `[1, rows, d_in]`) through
+/// [`viper_ssm::linear`].
+fn rows<B: SsmBackend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    let (rows, d_in) = (dims[..D - 1].iter().product(), dims[D - 1]);
+    dims[D - 1] = layer.weight.dims()[1];
+    linear(layer, x.reshape([1, rows, d_in])).reshape(dims)
+}
+
+impl<B: SsmBackend> JambaMlp<B> {
     /// Loads `{gate,up,down}_proj` under `w`.
     pub fn load(w: &Weights, hidden: usize, ffn: usize, device: &B::Device) -> Result<Self> {
         Ok(Self {
@@ -29,7 +40,7 @@ impl<B: Backend> JambaMlp<B> {
 
     /// Applies the MLP to `[…, H]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+        rows(&self.down_proj, silu(rows(&self.gate_proj, x.clone())) * rows(&self.up_proj, x))
     }
 }
 
@@ -45,7 +56,7 @@ pub struct SparseMoe<B: Backend> {
     pub top_k: usize,
 }
 
-impl<B: Backend> SparseMoe<B> {
+impl<B: SsmBackend> SparseMoe<B> {
     /// Loads the router and `num_experts` experts under `w`.
     pub fn load(
         w: &Weights,
@@ -67,7 +78,7 @@ impl<B: Backend> SparseMoe<B> {
         let [b, l, h] = x.dims();
         let n = b * l;
         let flat = x.reshape([n, h]);
-        let probs = softmax(self.router.forward(flat.clone()).cast(FloatDType::F32), 1);
+        let probs = softmax(rows(&self.router, flat.clone()).cast(FloatDType::F32), 1);
         let (weights, experts) = probs.topk_with_indices(self.top_k, 1); // (n, k)
         let weights = weights.cast(flat.dtype());
         // The dispatch plan lives on the host: one small read of n·k ids per layer.

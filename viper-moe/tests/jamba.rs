@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use burn::backend::NdArray;
 use burn::prelude::*;
 use viper_checkpoint::{max_errors, Checkpoint, LoadOptions};
-use viper_moe::{JambaConfig, JambaForCausalLM};
+use viper_moe::{JambaConfig, JambaForCausalLM, LanguageModel, Logits};
 
 type B = NdArray;
 
@@ -43,14 +43,14 @@ fn check(name: &str) {
         let (want, shape) = expected.read_f32(&format!("case{case}.logits")).unwrap();
         let (want_gen, _) = expected.read_i64(&format!("case{case}.generated_ids")).unwrap();
         let mut cache = m.new_cache(1);
-        let logits = m.forward(m.embed(ids(&prompt)), &mut cache, false);
+        let logits = m.forward(m.embed(ids(&prompt)), &mut cache, Logits::All);
         let err = rel_err(&vec3(logits.clone()), &want);
         assert!(err < 1e-4, "{name} case {case}: logits rel err {err}");
 
         let mut next = argmax(&vec3(logits.narrow(1, shape[0] - 1, 1)));
         let mut generated = vec![next];
         while generated.len() < want_gen.len() {
-            next = argmax(&vec3(m.forward(m.embed(ids(&[next])), &mut cache, true)));
+            next = argmax(&vec3(m.forward(m.embed(ids(&[next])), &mut cache, Logits::Last)));
             generated.push(next);
         }
         assert_eq!(generated, want_gen, "{name} case {case}: greedy tokens");
@@ -72,11 +72,11 @@ fn forward_equals_step_with_hybrid_cache() {
     let (m, expected) = load("jb-gqa");
     let (prompt, _) = expected.read_i64("case3.input_ids").unwrap();
     let mut seq_cache = m.new_cache(1);
-    let seq = vec3(m.forward(m.embed(ids(&prompt)), &mut seq_cache, false));
+    let seq = vec3(m.forward(m.embed(ids(&prompt)), &mut seq_cache, Logits::All));
     let mut step_cache = m.new_cache(1);
     let mut stepped = Vec::new();
     for &t in &prompt {
-        stepped.extend(vec3(m.forward(m.embed(ids(&[t])), &mut step_cache, true)));
+        stepped.extend(vec3(m.forward(m.embed(ids(&[t])), &mut step_cache, Logits::Last)));
     }
     let err = rel_err(&stepped, &seq);
     assert!(err < 1e-5, "forward vs step rel err {err}");
@@ -84,8 +84,8 @@ fn forward_equals_step_with_hybrid_cache() {
     // A prefill in two parts (a follow-up turn) attends across the boundary like one call.
     let mut split_cache = m.new_cache(1);
     let (a, b) = prompt.split_at(17);
-    let mut split = vec3(m.forward(m.embed(ids(a)), &mut split_cache, false));
-    split.extend(vec3(m.forward(m.embed(ids(b)), &mut split_cache, false)));
+    let mut split = vec3(m.forward(m.embed(ids(a)), &mut split_cache, Logits::All));
+    split.extend(vec3(m.forward(m.embed(ids(b)), &mut split_cache, Logits::All)));
     let err = rel_err(&split, &seq);
     assert!(err < 1e-5, "split prefill rel err {err}");
 }

@@ -249,6 +249,26 @@ mod tests {
     }
 
     #[test]
+    fn unpad_rounding_matches_upstream() {
+        // (W, H), (cols, rows) of tiles, side → kept region (README Q10 / spec §4.3 examples first; the
+        // table `viper-vision`'s merge test held while the merge computed its own region).
+        let unpad = |grid_hw, rows, cols| Unpad { grid_hw, rows, cols };
+        #[rustfmt::skip]
+        let cases = [
+            ((97, 61), (2, 2), 4, unpad((8, 8), 1..7, 0..8)), // new_h = 5, keeps 6
+            ((131, 45), (3, 2), 3, unpad((6, 9), 1..5, 0..9)), // new_h = 3, keeps 4
+            ((15, 29), (1, 1), 3, unpad((3, 3), 0..3, 1..2)),
+            ((2000, 300), (6, 1), 24, unpad((24, 144), 1..23, 0..144)), // new_h = 21
+            ((23, 17), (2, 2), 2, unpad((4, 4), 1..3, 0..4)),
+            ((40, 120), (1, 3), 4, unpad((12, 4), 0..12, 0..4)),
+            ((1, 1000), (1, 1), 24, unpad((24, 24), 0..24, 12..12)), // nothing left of a sliver
+        ];
+        for (size, grid, side, want) in cases {
+            assert_eq!(Unpad::new(size, grid, side), want, "{size:?} on {grid:?} tiles of {side}");
+        }
+    }
+
+    #[test]
     fn ties_go_to_the_least_waste_then_the_first() {
         let best = |size, pinpoints: &[(u32, u32)]| select_best_resolution(size, pinpoints);
         assert_eq!(best((10, 10), &[(20, 10), (10, 20), (10, 10)]), Some((10, 10)));

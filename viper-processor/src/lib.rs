@@ -12,7 +12,12 @@
 //! 6. CLIP rescale + normalise → `(1 + tiles, 3, S, S)` f32 ([`ProcessedImage`]).
 //!
 //! [`AnyResGeometry`] carries what the `spatial_unpad` merge needs (grid, [`Unpad`] ranges, token count)
-//! and is available without pixels through [`Processor::geometry`].
+//! and is available without pixels through [`Processor::geometry`]; it is computed here once per image
+//! and `viper-vision`'s merge consumes it as it is.
+//!
+//! A model's preprocessing (`image_aspect_ratio`, `image_grid_pinpoints`, tile and patch size, the
+//! tower's `preprocessor_config.json` or its inline copy) is resolved in one place,
+//! [`AnyResConfig::resolve`].
 //!
 //! ```no_run
 //! # fn f() -> viper_processor::Result<()> {
@@ -36,5 +41,5 @@ pub use anyres::{
 pub use decode::{ImageLoader, DEFAULT_MAX_PIXELS};
 pub use error::{Origin, ProcessorError, Result};
 pub use image::RgbImage;
-pub use processor::{EdgeSizes, PreprocessorConfig, ProcessedImage, Processor, CLIP_MEAN, CLIP_STD};
+pub use processor::{AnyResConfig, EdgeSizes, PreprocessorConfig, ProcessedImage, Processor, CLIP_MEAN, CLIP_STD};
 pub use resample::resize_bicubic;

@@ -1,12 +1,14 @@
 //! Upstream `process_anyres_image` + `CLIPImageProcessor.preprocess`: an image to the
 //! `(1 + tiles, 3, S, S)` f32 `pixel_values` of the vision tower.
 
+use std::path::Path;
+
 use image::RgbImage;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::anyres::{divide_to_patches, parse_pinpoints, resize_and_pad, AnyResGeometry};
-use crate::error::{ProcessorError, Result};
+use crate::error::{Origin, ProcessorError, Result};
 use crate::resample::resize_bicubic;
 
 /// CLIP's `image_mean`.
@@ -67,6 +69,67 @@ pub struct EdgeSizes {
 impl EdgeSizes {
     fn values(&self) -> impl Iterator<Item = u32> {
         [self.shortest_edge, self.height, self.width].into_iter().flatten()
+    }
+}
+
+/// The keys of a Viper/LLaVA `config.json` that decide its image preprocessing (spec §1.1), and in
+/// [`resolve`](Self::resolve) the one place where they, the tower's sizes and its
+/// `preprocessor_config.json` become a [`Processor`]. `viper-model`'s `LlavaConfig` parses them with
+/// the other LLaVA keys; [`Processor::from_config`] reads them from a bare config.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct AnyResConfig {
+    /// `anyres` for Viper, the only mode implemented (absent means anyres).
+    #[serde(default)]
+    pub image_aspect_ratio: Option<String>,
+    /// `[[w, h], …]` or a string form ([`parse_pinpoints`]); required.
+    #[serde(default)]
+    pub image_grid_pinpoints: Option<Value>,
+    /// A copy of the tower's `preprocessor_config.json`.
+    #[serde(default)]
+    pub vision_preprocessor_config: Option<Value>,
+}
+
+impl AnyResConfig {
+    /// The processor for tiles of the vision tower's `image_size` = `tile_size` pixels cut into
+    /// `patch_size` patches:
+    ///
+    /// - `image_aspect_ratio` must be `anyres` (or absent); `image_grid_pinpoints` must be present;
+    /// - the normalisation (mean, std, rescale) and `size` / `crop_size` come from the tower folder's
+    ///   `preprocessor_config.json` when the tower is loaded from a folder (`tower_dir`; CLIP's values
+    ///   when the folder has none), else from `vision_preprocessor_config`, else CLIP's values;
+    /// - [`Processor::new`] checks the pinpoints and sizes against each other.
+    pub fn resolve(&self, tile_size: u32, patch_size: u32, tower_dir: Option<&Path>) -> Result<Processor> {
+        match self.image_aspect_ratio.as_deref() {
+            Some("anyres") | None => {}
+            Some(other) => {
+                return Err(ProcessorError::Config(format!(
+                    "image_aspect_ratio `{other}` is not supported (Viper uses anyres)"
+                )))
+            }
+        }
+        let pinpoints = self.image_grid_pinpoints.as_ref().ok_or_else(|| {
+            ProcessorError::Config("anyres needs image_grid_pinpoints, and the config has none".into())
+        })?;
+        let preprocessor = match (tower_dir, &self.vision_preprocessor_config) {
+            (Some(dir), _) => PreprocessorConfig::from_tower_dir(dir)?,
+            (None, Some(value)) => PreprocessorConfig::deserialize(value)
+                .map_err(|e| ProcessorError::Config(format!("vision_preprocessor_config: {e}")))?,
+            (None, None) => PreprocessorConfig::default(),
+        };
+        Processor::new(parse_pinpoints(pinpoints, tile_size)?, tile_size, patch_size, preprocessor)
+    }
+}
+
+impl PreprocessorConfig {
+    /// `preprocessor_config.json` of a CLIP tower folder, or CLIP's values when the folder has none.
+    pub fn from_tower_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("preprocessor_config.json");
+        if !path.is_file() {
+            return Ok(Self::default());
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ProcessorError::Io { origin: Origin::File(path.clone()), source })?;
+        serde_json::from_str(&text).map_err(|e| ProcessorError::Config(format!("{}: {e}", path.display())))
     }
 }
 
@@ -132,17 +195,10 @@ impl Processor {
         Ok(Self { pinpoints, tile_size, patch_size, preprocessor })
     }
 
-    /// A processor from a Viper/LLaVA `config.json`: `image_grid_pinpoints` (required),
-    /// `vision_config.image_size` / `patch_size` (required in a `vision_config`; CLIP-L/14-336's 336 / 14
-    /// when there is none), `vision_preprocessor_config` (CLIP defaults when absent).
-    /// `image_aspect_ratio`, when present, must be `"anyres"`.
+    /// A processor from a Viper/LLaVA `config.json` alone: [`AnyResConfig::resolve`] of its keys, with
+    /// the tile and patch size of `vision_config.image_size` / `patch_size` (required in a
+    /// `vision_config`; CLIP-L/14-336's 336 / 14 when there is none).
     pub fn from_config(config: &Value) -> Result<Self> {
-        let aspect = config.get("image_aspect_ratio").and_then(Value::as_str);
-        if aspect.is_some_and(|a| a != "anyres") {
-            return Err(ProcessorError::Config(format!(
-                "image_aspect_ratio {aspect:?} is not implemented, only \"anyres\""
-            )));
-        }
         let vision = config.get("vision_config");
         if vision.is_none() {
             log::info!("no vision_config in the model config; assuming CLIP-L/14-336 (image 336, patch 14)");
@@ -159,15 +215,13 @@ impl Processor {
         };
         let tile_size = size("image_size", CLIP_IMAGE_SIZE)?;
         let patch_size = size("patch_size", CLIP_PATCH_SIZE)?;
-        let pinpoints = config
-            .get("image_grid_pinpoints")
-            .ok_or_else(|| ProcessorError::Config("config has no image_grid_pinpoints".into()))?;
-        let preprocessor = match config.get("vision_preprocessor_config") {
-            Some(value) => PreprocessorConfig::deserialize(value)
-                .map_err(|e| ProcessorError::Config(format!("vision_preprocessor_config: {e}")))?,
-            None => PreprocessorConfig::default(),
+        // A non-string `image_aspect_ratio` is read as absent here.
+        let keys = AnyResConfig {
+            image_aspect_ratio: config.get("image_aspect_ratio").and_then(Value::as_str).map(str::to_string),
+            image_grid_pinpoints: config.get("image_grid_pinpoints").cloned(),
+            vision_preprocessor_config: config.get("vision_preprocessor_config").cloned(),
         };
-        Self::new(parse_pinpoints(pinpoints, tile_size)?, tile_size, patch_size, preprocessor)
+        keys.resolve(tile_size, patch_size, None)
     }
 
     /// The grid pinpoints `(width, height)`, in the order ties are broken.

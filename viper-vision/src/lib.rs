@@ -8,6 +8,10 @@
 //!   → spatial_unpad_merge        base crop, unpadded grid + newlines   (P + H'·(W'+1), H)
 //! ```
 //!
+//! The merge lays the features out by the image's `viper_processor::AnyResGeometry`, which the
+//! processor computed with the pixels (grid, features per tile side, unpad region): data flows
+//! processor → vision, and nothing here recomputes it.
+//!
 //! Modules are built straight from [`viper_checkpoint::Weights`] views, with field names that mirror
 //! the checkpoint keys. The tower sits under `vision_model.` in a CLIP checkpoint and under
 //! `{backbone|model}.vision_tower.vision_tower.vision_model.` in a Viper one ([`vision_model_prefix`]
@@ -45,5 +49,5 @@ pub use clip::{
 };
 pub use config::{Activation, ClipVisionConfig, FeatureSelect, SelectFeature, CLIP_VIT_LARGE_PATCH14_336};
 pub use error::{Result, VisionError};
-pub use merge::{spatial_unpad_merge, unpad_region, UnpadRegion};
+pub use merge::spatial_unpad_merge;
 pub use projector::{MmProjector, ProjectorType};

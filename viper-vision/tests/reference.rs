@@ -7,9 +7,9 @@ mod common;
 use common::{assert_close, fixture, read, rel_err, B};
 use serde_json::Value;
 use viper_checkpoint::{Checkpoint, LoadOptions};
+use viper_processor::Processor;
 use viper_vision::{
-    spatial_unpad_merge, unpad_region, vision_model_prefix, ClipVisionConfig, ClipVisionTower, FeatureSelect,
-    MmProjector,
+    spatial_unpad_merge, vision_model_prefix, ClipVisionConfig, ClipVisionTower, FeatureSelect, MmProjector,
 };
 
 fn json(path: std::path::PathBuf) -> Value {
@@ -18,6 +18,11 @@ fn json(path: std::path::PathBuf) -> Value {
 
 fn pair(v: &Value) -> (usize, usize) {
     (v[0].as_u64().unwrap() as usize, v[1].as_u64().unwrap() as usize)
+}
+
+fn pair_u32(v: &Value) -> (u32, u32) {
+    let (a, b) = pair(v);
+    (a as u32, b as u32)
 }
 
 fn check_family(family: &str, root: &str) {
@@ -29,6 +34,7 @@ fn check_family(family: &str, root: &str) {
         feature: config["mm_vision_select_feature"].as_str().unwrap().parse().unwrap(),
     };
     let hidden = config["hidden_size"].as_u64().unwrap() as usize;
+    let processor = Processor::from_config(&config).unwrap();
     let device = Default::default();
 
     let ckpt = Checkpoint::open(&dir).unwrap();
@@ -55,26 +61,25 @@ fn check_family(family: &str, root: &str) {
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let t = |tensor: &str| format!("{name}.{tensor}");
-        let image_size = pair(&case["image_size"]);
-        let grid = pair(&case["grid_w_h"]);
+        // The geometry the merge consumes is the processor's, checked against the reference run's.
+        let geometry = processor.geometry(pair_u32(&case["image_size"])).unwrap();
+        assert_eq!(geometry.grid, pair_u32(&case["grid_w_h"]), "{name}");
+        assert_eq!(geometry.unpad.grid_hw, pair(&case["feature_grid_before_unpad_h_w"]), "{name}");
+        assert_eq!((geometry.unpad.height(), geometry.unpad.width()), pair(&case["unpadded_h_w"]), "{name}");
 
         let features = tower.forward(read::<4>(&expected, &t("pixel_values"))).unwrap();
         assert_close(features.clone(), read::<3>(&expected, &t("clip_features")), &t("clip_features"));
         let projected = projector.forward(features).unwrap();
         let want_projected = read::<3>(&expected, &t("projected_features"));
         assert_close(projected.clone(), want_projected.clone(), &t("projected_features"));
-        let merged = spatial_unpad_merge(projected, grid, image_size, newline.clone()).unwrap();
+        let merged = spatial_unpad_merge(projected, &geometry, newline.clone()).unwrap();
         let want_merged = read::<2>(&expected, &t("image_features"));
         assert_eq!(merged.dims()[0], case["num_image_tokens"].as_u64().unwrap() as usize, "{name}");
         assert_close(merged, want_merged.clone(), &t("image_features"));
 
         // The merge alone is a pure rearrangement: exact on the reference's own projected features.
-        let merged = spatial_unpad_merge(want_projected, grid, image_size, newline.clone()).unwrap();
+        let merged = spatial_unpad_merge(want_projected, &geometry, newline.clone()).unwrap();
         assert_eq!(rel_err(merged, want_merged), 0.0, "{name}: merge of the reference features");
-
-        let (grid_h, grid_w) = pair(&case["feature_grid_before_unpad_h_w"]);
-        let region = unpad_region(grid_h, grid_w, image_size.0, image_size.1).unwrap();
-        assert_eq!((region.rows, region.cols), pair(&case["unpadded_h_w"]), "{name}");
     }
 }
 

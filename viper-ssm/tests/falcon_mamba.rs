@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use burn::backend::NdArray;
 use burn::prelude::*;
 use viper_checkpoint::{max_errors, Checkpoint, LoadOptions};
-use viper_model::{FalconMambaConfig, FalconMambaForCausalLM, LanguageModel, Logits};
+use viper_ssm::{FalconMambaConfig, FalconMambaForCausalLM, LanguageModel, Logits};
 
 type B = NdArray;
 

@@ -7,7 +7,7 @@ use std::io::Write;
 
 use burn::backend::NdArray;
 use viper_checkpoint::{Checkpoint, LoadOptions};
-use viper_model::{FalconMambaConfig, FalconMambaForCausalLM};
+use viper_ssm::{FalconMambaConfig, FalconMambaForCausalLM};
 
 /// `(VmHWM, VmRSS)` in bytes.
 fn memory() -> (u64, u64) {
