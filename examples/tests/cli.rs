@@ -135,3 +135,46 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `--stats` prints one block on stderr and `--json` always carries `"stats"`, consistent with the
+/// answer: one crop per tile plus the base image, every prompt position prefilled, decode tokens =
+/// generated − 1 (zero when only one token is generated: rates are then null, not a panic).
+#[test]
+fn stats_in_json_and_on_stderr() {
+    let dir = reference("mamba-s1");
+    let image = dir.join("images/image_97x61.png");
+    for (max_new, decode) in [("1", 0u64), ("5", 4)] {
+        let out = tempfile::tempdir().unwrap();
+        let json = out.path().join("out.json");
+        let result = viper(&[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--prompt",
+            "What is this?",
+            "--max-new-tokens",
+            max_new,
+            "--ignore-eos",
+            "--stats",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        for line in ["load", "preprocess", "vision", "prefill", "first token", "decode"] {
+            assert!(stderr.contains(line), "no {line:?} line in {stderr}");
+        }
+        let got: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let stats = &got["stats"];
+        assert_eq!(stats["images"], 1);
+        assert!(stats["crops"].as_u64().unwrap() >= 2, "base image + at least one tile: {stats}");
+        assert_eq!(stats["prefill_positions"], got["inputs_embeds_len"]);
+        assert_eq!(stats["decode_tokens"].as_u64(), Some(decode));
+        assert!(stats["load_bytes"].as_u64().unwrap() > 0 && stats["load_seconds"].as_f64().unwrap() > 0.0);
+        assert!(stats["ttft_ms"].as_f64().unwrap() >= stats["prefill_ms"].as_f64().unwrap());
+        assert!(stats["peak_device_bytes"].is_null(), "the CPU backend reports no device memory");
+        assert_eq!(stats["decode_tokens_per_s"].is_null(), decode == 0);
+    }
+}

@@ -2,6 +2,7 @@
 //! the model, wired the way the upstream README does it (spec §2).
 
 use std::path::Path;
+use std::time::Instant;
 
 use burn::prelude::*;
 use viper_chat_template::{BuiltinTemplate, ChatTemplate, Conversation, PromptTokens, Tokenizer, IMAGE_TOKEN_INDEX};
@@ -12,6 +13,7 @@ use crate::config::LanguageConfig;
 use crate::error::{ModelError, Result};
 use crate::generate::{generate, Generation, GenerationConfig};
 use crate::lm::LanguageModel;
+use crate::stats::{ms, GenerationStats};
 use crate::viper::{ImageEncoding, ViperCache, ViperLoadOptions, ViperModel};
 
 /// A prompt ready for the language model, with everything computed on the way.
@@ -27,6 +29,8 @@ pub struct PreparedPrompt<B: Backend> {
     pub encoding: Option<ImageEncoding<B>>,
     /// `[1, L, H]` language-model input.
     pub inputs_embeds: Tensor<B, 3>,
+    /// The image stages' figures (images, preprocessing, crops, vision tower); the rest is zero.
+    pub stats: GenerationStats,
 }
 
 /// A Viper checkpoint with its tokenizer and chat template: what `viper generate` uses.
@@ -91,6 +95,7 @@ impl<B: SsmBackend> Viper<B> {
     /// Preprocesses, encodes and splices `images`, one per `<image>` marker of `tokens` (the count
     /// [`ChatTemplate::render`] checked).
     fn embed(&self, prompt: String, tokens: PromptTokens, images: Vec<&RgbImage>) -> Result<PreparedPrompt<B>> {
+        let mut stats = GenerationStats { images: images.len(), ..GenerationStats::default() };
         let (images, encoding) = if images.is_empty() {
             (Vec::new(), None)
         } else {
@@ -99,14 +104,21 @@ impl<B: SsmBackend> Viper<B> {
                 .processor
                 .as_ref()
                 .ok_or_else(|| ModelError::Input("this checkpoint has no vision tower".into()))?;
+            let start = Instant::now();
             let processed =
                 images.into_iter().map(|im| processor.process(im)).collect::<std::result::Result<Vec<_>, _>>()?;
+            stats.preprocess_ms = ms(start.elapsed());
+            stats.crops = processed.iter().map(|im| im.shape[0]).sum();
+            let start = Instant::now();
             let encoding = self.model.encode_images(&processed)?;
+            // The tower runs asynchronously on a GPU: its clock stops when the device is done.
+            B::sync(self.model.device()).map_err(|e| ModelError::Input(format!("device error: {e:?}")))?;
+            stats.vision_ms = ms(start.elapsed());
             (processed, Some(encoding))
         };
         let features = encoding.as_ref().map(|e| e.image_features.clone()).unwrap_or_default();
         let inputs_embeds = self.model.embed_prompt(&tokens.ids, &features)?;
-        Ok(PreparedPrompt { prompt, tokens, images, encoding, inputs_embeds })
+        Ok(PreparedPrompt { prompt, tokens, images, encoding, inputs_embeds, stats })
     }
 
     /// One-shot: prepares `conversation` and generates its answer from a fresh cache.
@@ -116,10 +128,12 @@ impl<B: SsmBackend> Viper<B> {
         config: &GenerationConfig,
         on_text: impl FnMut(&str),
     ) -> Result<(PreparedPrompt<B>, Generation)> {
+        let start = Instant::now();
         let prepared = self.prepare(conversation)?;
         let mut cache = self.model.new_cache(1);
-        let generation =
+        let mut generation =
             generate(&self.model, &mut cache, prepared.inputs_embeds.clone(), config, &self.tokenizer, on_text)?;
+        generation.stats = prepared.stats.with_answer(&generation.stats, start);
         Ok((prepared, generation))
     }
 
@@ -165,6 +179,7 @@ impl<B: SsmBackend> ChatSession<'_, B> {
         config: &GenerationConfig,
         on_text: impl FnMut(&str),
     ) -> Result<Generation> {
+        let start = Instant::now();
         let viper = self.viper;
         let mut conversation = self.conversation.clone().user_with_images(text, images);
         let prompt = viper.template.render(&conversation, viper.tokenizer.special_tokens(), true)?;
@@ -172,24 +187,24 @@ impl<B: SsmBackend> ChatSession<'_, B> {
         // The cache holds `seen`; the last answer's final id is still to be fed.
         let mut expected = self.seen.clone();
         expected.extend(self.pending.map(i64::from));
-        let (embeds, consumed) = if !self.seen.is_empty() && tokens.ids.starts_with(&expected) {
+        let (embeds, image_stats, consumed) = if !self.seen.is_empty() && tokens.ids.starts_with(&expected) {
             let new_images: Vec<&RgbImage> =
                 conversation.turns.last().map(|t| t.images.iter().collect()).unwrap_or_default();
             let suffix = tokens.ids[self.seen.len()..].to_vec();
             let positions =
                 suffix.iter().enumerate().filter(|(_, &id)| id == IMAGE_TOKEN_INDEX).map(|(i, _)| i).collect();
             let prepared = viper.embed(prompt, PromptTokens { ids: suffix, image_positions: positions }, new_images)?;
-            (prepared.inputs_embeds, tokens.ids.clone())
+            (prepared.inputs_embeds, prepared.stats, tokens.ids.clone())
         } else {
             if !self.seen.is_empty() {
                 log::info!("the new prompt does not extend the cached one: prefilling from scratch");
             }
             self.cache = viper.model.new_cache(1);
             let prepared = viper.embed(prompt, tokens.clone(), conversation.images().collect())?;
-            (prepared.inputs_embeds, tokens.ids.clone())
+            (prepared.inputs_embeds, prepared.stats, tokens.ids.clone())
         };
         self.last_prefill = embeds.dims()[1];
-        let generation = match generate(&viper.model, &mut self.cache, embeds, config, &viper.tokenizer, on_text) {
+        let mut generation = match generate(&viper.model, &mut self.cache, embeds, config, &viper.tokenizer, on_text) {
             Ok(g) => g,
             Err(e) => {
                 // The cache may hold part of this turn: forget it so the next turn prefills afresh.
@@ -198,6 +213,7 @@ impl<B: SsmBackend> ChatSession<'_, B> {
                 return Err(e);
             }
         };
+        generation.stats = image_stats.with_answer(&generation.stats, start);
         self.seen = consumed;
         if let Some((&last, rest)) = generation.ids.split_last() {
             self.seen.extend(rest.iter().map(|&id| i64::from(id)));

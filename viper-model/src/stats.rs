@@ -5,7 +5,7 @@
 //! its clock is read (one sync per stage, not per token: decode reads each token back anyway).
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -60,6 +60,23 @@ impl GenerationStats {
     /// Decode throughput, tokens per second.
     pub fn decode_tokens_per_s(&self) -> Option<f64> {
         rate(self.decode_tokens, self.decode_ms)
+    }
+}
+
+impl GenerationStats {
+    /// These image-stage figures joined with `answer`'s prefill and decode figures; the time to first
+    /// token counts from `request_start` (before the template was rendered).
+    pub fn with_answer(&self, answer: &GenerationStats, request_start: Instant) -> GenerationStats {
+        let waited_before_prefill = ms(request_start.elapsed()) - answer.prefill_ms - answer.decode_ms;
+        GenerationStats {
+            prefill_positions: answer.prefill_positions,
+            prefill_ms: answer.prefill_ms,
+            ttft_ms: waited_before_prefill.max(0.0) + answer.ttft_ms,
+            decode_tokens: answer.decode_tokens,
+            decode_ms: answer.decode_ms,
+            peak_device_bytes: answer.peak_device_bytes,
+            ..self.clone()
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! model (spec §2, §4.3, §8.1), for both families.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use burn::module::Param;
 use burn::prelude::*;
@@ -20,6 +21,7 @@ use crate::config::{LanguageConfig, ViperConfig};
 use crate::error::{ModelError, Result};
 use crate::falcon_mamba::{FalconMambaCache, FalconMambaForCausalLM};
 use crate::lm::{LanguageModel, Logits};
+use crate::stats::LoadStats;
 
 /// The language model of a Viper checkpoint.
 #[derive(Module, Debug)]
@@ -87,6 +89,8 @@ pub struct ViperModel<B: SsmBackend> {
     pub processor: Option<Processor>,
     options: ViperLoadOptions,
     device: B::Device,
+    /// How long [`load`](Self::load) took and how many bytes of tensors it read.
+    pub load_stats: LoadStats,
 }
 
 /// Known tensors that a Viper model deliberately does not read.
@@ -98,6 +102,7 @@ fn known_unused(key: &str) -> bool {
 impl<B: SsmBackend> ViperModel<B> {
     /// Loads `dir` (a HuggingFace checkpoint directory: config.json + safetensors, single or sharded).
     pub fn load(dir: impl AsRef<Path>, options: ViperLoadOptions, device: &B::Device) -> Result<Self> {
+        let start = Instant::now();
         let dir = dir.as_ref();
         if !dir.is_dir() {
             return Err(ModelError::Io {
@@ -137,7 +142,15 @@ impl<B: SsmBackend> ViperModel<B> {
         if !unused.is_empty() {
             log::warn!("{} checkpoint tensors were not used, e.g. {:?}", unused.len(), &unused[..unused.len().min(5)]);
         }
-        Ok(Self { config, language, vision, processor, options, device: device.clone() })
+        let bytes = ckpt
+            .keys()
+            .iter()
+            .filter_map(|k| ckpt.meta(k))
+            .map(|m| m.shape.iter().product::<usize>() * m.dtype.size())
+            .sum::<usize>();
+        let load_stats = LoadStats { seconds: start.elapsed().as_secs_f64(), bytes: bytes as u64 };
+        log::info!("loaded {:.2} GB in {:.2} s", bytes as f64 / 1e9, load_stats.seconds);
+        Ok(Self { config, language, vision, processor, options, device: device.clone(), load_stats })
     }
 
     /// The device the model lives on.

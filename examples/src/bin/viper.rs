@@ -91,6 +91,10 @@ struct CommonArgs {
     /// Refuse prompts beyond `tokenizer_model_max_length` instead of truncating them like upstream.
     #[arg(long)]
     strict_context: bool,
+    /// Print timings (load, preprocessing, vision tower, prefill, first token, decode, device memory)
+    /// to stderr after each answer.
+    #[arg(long)]
+    stats: bool,
 }
 
 #[derive(Args)]
@@ -243,15 +247,15 @@ fn generate<B: SsmBackend>(args: &GenerateArgs, device: &B::Device) -> Result<()
     let config = generation_config(&viper, &args.common);
     let conversation = Viper::<B>::conversation(&args.prompt, open_images(&args.common.images)?);
 
+    let request = Instant::now();
     let bar = spinner("encoding images and prompt");
     let prepared = viper.prepare(&conversation)?;
     let prompt_len = prepared.inputs_embeds.dims()[1];
     bar.set_message(format!("prefill of {prompt_len} positions"));
     let mut cache = viper.model.new_cache(1);
-    let start = Instant::now();
     let mut first = true;
     let mut out = std::io::stdout().lock();
-    let generation = viper_model::generate(
+    let mut generation = viper_model::generate(
         &viper.model,
         &mut cache,
         prepared.inputs_embeds.clone(),
@@ -268,7 +272,11 @@ fn generate<B: SsmBackend>(args: &GenerateArgs, device: &B::Device) -> Result<()
     )?;
     bar.finish_and_clear();
     writeln!(out)?;
-    log::info!("{} tokens in {:.2?} ({:?})", generation.ids.len(), start.elapsed(), generation.finish);
+    generation.stats = prepared.stats.with_answer(&generation.stats, request);
+    log::info!("{} tokens in {:.2?} ({:?})", generation.ids.len(), request.elapsed(), generation.finish);
+    if args.common.stats {
+        print_stats(&viper, &generation.stats);
+    }
 
     if let Some(path) = &args.json {
         let json = serde_json::json!({
@@ -277,6 +285,7 @@ fn generate<B: SsmBackend>(args: &GenerateArgs, device: &B::Device) -> Result<()
             "generated_ids": generation.ids,
             "text": generation.text,
             "last_logits": generation.prompt_logits,
+            "stats": stats_json(&viper, &generation.stats),
         });
         std::fs::write(path, serde_json::to_vec(&json)?).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -284,6 +293,25 @@ fn generate<B: SsmBackend>(args: &GenerateArgs, device: &B::Device) -> Result<()
         dump(&prepared, dir)?;
     }
     Ok(())
+}
+
+/// `--stats`: one block on stderr, the load figures first (as llama.cpp prints its timings).
+fn print_stats<B: SsmBackend>(viper: &Viper<B>, stats: &viper_model::GenerationStats) {
+    eprintln!("\n{}\n{stats}", viper.model.load_stats);
+}
+
+/// The `"stats"` object of `--json`: the answer's figures, the load and the derived rates.
+fn stats_json<B: SsmBackend>(viper: &Viper<B>, stats: &viper_model::GenerationStats) -> serde_json::Value {
+    let load = viper.model.load_stats;
+    let mut json = serde_json::to_value(stats).unwrap_or_default();
+    if let Some(object) = json.as_object_mut() {
+        object.insert("load_seconds".into(), load.seconds.into());
+        object.insert("load_bytes".into(), load.bytes.into());
+        object.insert("load_gb_per_s".into(), load.gb_per_s().into());
+        object.insert("prefill_tokens_per_s".into(), stats.prefill_tokens_per_s().into());
+        object.insert("decode_tokens_per_s".into(), stats.decode_tokens_per_s().into());
+    }
+    json
 }
 
 /// Shape and little-endian f32 bytes of a dumped tensor.
@@ -357,8 +385,10 @@ fn chat<B: SsmBackend>(args: &CommonArgs, device: &B::Device) -> Result<()> {
         });
         bar.finish_and_clear();
         println!();
-        if let Err(e) = result {
-            eprintln!("error: {}", one_line(&e.into()));
+        match result {
+            Ok(generation) if args.stats => print_stats(&viper, &generation.stats),
+            Ok(_) => {}
+            Err(e) => eprintln!("error: {}", one_line(&e.into())),
         }
     }
     Ok(())
