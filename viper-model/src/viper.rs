@@ -146,7 +146,7 @@ impl<B: SsmBackend> ViperModel<B> {
             .keys()
             .iter()
             .filter_map(|k| ckpt.meta(k))
-            .map(|m| m.shape.iter().product::<usize>() * m.dtype.size())
+            .map(|m| m.shape.iter().product::<usize>() * m.dtype.bitsize() / 8)
             .sum::<usize>();
         let load_stats = LoadStats { seconds: start.elapsed().as_secs_f64(), bytes: bytes as u64 };
         log::info!("loaded {:.2} GB in {:.2} s", bytes as f64 / 1e9, load_stats.seconds);

@@ -38,8 +38,9 @@
 //! Below the kernels, their host side: [`selective_scan_projected`] runs [`scan_sequential`](fn@scan_sequential)
 //! up to [`SCAN_SEQUENTIAL_MAX_LEN`] steps and [`scan_block`](fn@scan_block) beyond; [`step_dbc`] launches
 //! [`scan_step_dbc`](fn@scan_step_dbc).
+
+// `#[cube]` and the `CubeType`/`CubeLaunch` derives emit public items (kernel modules, `*Launch`) no doc reaches.
 #![allow(missing_docs)]
-#![warn(clippy::missing_docs_in_private_items)]
 
 use std::sync::OnceLock;
 
@@ -78,8 +79,10 @@ pub const SCAN_BLOCK_WARPS: usize = 8;
 /// Δ, Δu, y and z (4 × 8) in registers while amortising a group's barrier and fold over 32 elements.
 pub const SCAN_BLOCK_ITEMS: usize = 8;
 
+/// [`STATE_GROUP`] f32 states as one vector: B, C, the aggregates and the carry of [`scan_block`](fn@scan_block).
 type V4 = Vector<f32, Const<4>>;
 
+/// softplus(v) = log(1 + exp(v)) in f32, and `v` itself above [`SOFTPLUS_THRESHOLD`] (as PyTorch).
 #[cube]
 fn softplus_f32(v: f32) -> f32 {
     // Clamp before exp so the branch not taken cannot overflow.
@@ -618,14 +621,24 @@ pub fn scan_block_shape() -> (usize, usize) {
 /// The scan's inputs as CubeCL tensors (see [`ScanInput`](crate::ScanInput) for shapes). `delta` and
 /// `z` must have `u`'s dtype, `c` `b`'s, and `d`/`delta_bias` `a_log`'s; strides are free.
 pub struct ScanTensors<R: CubeRuntime> {
+    /// Conv output `u`, `[b, l, i]`, activation dtype `F`.
     pub u: CubeTensor<R>,
+    /// `dt_proj(dt)` without its bias, `[b, l, i]` in `F`; the low-rank dt `[b, l, R]` when
+    /// [`selective_scan_projected`] is given dt_proj's weight.
     pub delta: CubeTensor<R>,
+    /// `dt_proj.bias`, `[i]`, parameter dtype `W`; added before the softplus.
     pub delta_bias: CubeTensor<R>,
+    /// `A_log`, `[i, n]` in `W`; A = −exp(A_log).
     pub a_log: CubeTensor<R>,
+    /// B, `[b, l, n]`, dtype `P`.
     pub b: CubeTensor<R>,
+    /// C, `[b, l, n]`, B's dtype.
     pub c: CubeTensor<R>,
+    /// D skip, `[i]` in `W`.
     pub d: CubeTensor<R>,
+    /// Gate z, `[b, l, i]` in `F`.
     pub z: CubeTensor<R>,
+    /// State before the first step, `[b, i, n]`, state dtype `S` (also that of the returned state).
     pub state: CubeTensor<R>,
 }
 
@@ -760,13 +773,22 @@ pub fn step_dbc_applies<R: CubeRuntime>(
 /// The inputs of [`step_dbc`] (shapes and dtypes as [`ScanTensors`], `dbc` x_proj's output,
 /// `dt_w` dt_proj's weight `[R, I]`).
 pub struct StepTensors<R: CubeRuntime> {
+    /// Conv output `u`, `[b, l, i]`, activation dtype `F`, unit-stride over channels.
     pub u: CubeTensor<R>,
+    /// x_proj's output `[dt | B | C]`, `[b, l, R + 2N]` in `F`, unit-stride over columns; the kernel
+    /// applies the dt/B/C norms itself.
     pub dbc: CubeTensor<R>,
+    /// dt_proj's weight `[R, i]` in `F`, unit-stride over the rank (the loader's transposed view).
     pub dt_w: CubeTensor<R>,
+    /// `dt_proj.bias`, `[i]`, parameter dtype `W`; added before the softplus.
     pub delta_bias: CubeTensor<R>,
+    /// `A_log`, `[i, n]` in `W`; A = −exp(A_log).
     pub a_log: CubeTensor<R>,
+    /// D skip, `[i]` in `W`.
     pub d: CubeTensor<R>,
+    /// Gate z, `[b, l, i]` in `F`, unit-stride over channels.
     pub z: CubeTensor<R>,
+    /// State before the first step, `[b, i, n]`, state dtype `S` (also that of the returned state).
     pub state: CubeTensor<R>,
 }
 
