@@ -6,7 +6,6 @@
 #![allow(missing_docs)]
 
 pub mod bench_args;
-/// Checkpoints by HuggingFace hub id: typed errors, resumable transfers, progress.
 #[cfg(feature = "hub")]
 pub mod hub;
 pub mod timing;
