@@ -1,6 +1,6 @@
 //! Conversation templates and `<image>`-aware prompt tokenisation for Viper
 //! (Viper-Mamba-7B, Viper-Jamba-52B), mirroring upstream `viper/conversation.py` and
-//! `viper/mm_utils.py::tokenizer_image_token` (spec §5).
+//! `viper/mm_utils.py::tokenizer_image_token` (docs/spec.md §5).
 //!
 //! Data flows one way: a [`Conversation`] is rendered by a [`ChatTemplate`] (the checkpoint's
 //! own Jinja template, or a [`BuiltinTemplate`]) into a prompt string, which

@@ -17,9 +17,9 @@ use crate::IMAGE_TOKEN;
 /// `chat_template` of their own. Their Jinja sources live in `templates/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BuiltinTemplate {
-    /// `system_falcon_mamba` (Viper-Mamba-7B): ChatML, spec §5.2.
+    /// `system_falcon_mamba` (Viper-Mamba-7B): ChatML, docs/spec.md §5.2.
     SystemFalconMamba,
-    /// `system_jamba` (Viper-Jamba-52B): AI21 Jamba-1.5, spec §5.3.
+    /// `system_jamba` (Viper-Jamba-52B): AI21 Jamba-1.5, docs/spec.md §5.3.
     SystemJamba,
     /// LLaVA `plain`: messages separated by newlines (pre-training format).
     Plain,

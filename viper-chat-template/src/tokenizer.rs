@@ -1,5 +1,5 @@
 //! The checkpoint tokenizer: `tokenizer.json` through the `tokenizers` crate, special tokens from
-//! `tokenizer_config.json`, and upstream's `tokenizer_image_token` (spec §5.4).
+//! `tokenizer_config.json`, and upstream's `tokenizer_image_token` (docs/spec.md §5.4).
 
 use std::path::Path;
 

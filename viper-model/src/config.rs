@@ -25,7 +25,7 @@ fn default_projector() -> String {
     "linear".into()
 }
 
-/// The LLaVA/Viper keys of a Viper `config.json` (spec §1.1); the base LM keys sit beside them.
+/// The LLaVA/Viper keys of a Viper `config.json` (docs/spec.md §1.1); the base LM keys sit beside them.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LlavaConfig {
     /// `llava_falcon_mamba` or `llava_jamba` (plain `falcon_mamba` / `jamba` load as text-only models).
@@ -55,10 +55,10 @@ pub struct LlavaConfig {
     /// Hard truncation of the spliced embedding sequence.
     #[serde(default)]
     pub tokenizer_model_max_length: Option<usize>,
-    /// Vision weights come from the checkpoint when true, from the CLIP tower otherwise (spec §9.4).
+    /// Vision weights come from the checkpoint when true, from the CLIP tower otherwise (docs/spec.md §9.4).
     #[serde(default)]
     pub unfreeze_mm_vision_tower: bool,
-    /// Upstream adds `<im_patch>` to the tokenizer when true or absent (spec §9.5).
+    /// Upstream adds `<im_patch>` to the tokenizer when true or absent (docs/spec.md §9.5).
     #[serde(default)]
     pub mm_use_im_patch_token: Option<bool>,
     /// `<im_start>`/`<im_end>` around images (not used by Viper).

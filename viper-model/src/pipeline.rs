@@ -1,5 +1,5 @@
 //! From a conversation with images to generated text: template, tokenizer, image preprocessing and
-//! the model, wired the way the upstream README does it (spec §2).
+//! the model, wired the way the upstream README does it (docs/spec.md §2).
 
 use std::path::Path;
 use std::time::Instant;
@@ -68,7 +68,7 @@ impl<B: SsmBackend> Viper<B> {
     }
 
     /// The upstream generation defaults: greedy, and stop on the family's end-of-turn token
-    /// (`<|im_end|>` for FalconMamba, `<|eom|>` for Jamba; spec §8.2), else the tokenizer's eos.
+    /// (`<|im_end|>` for FalconMamba, `<|eom|>` for Jamba; docs/spec.md §8.2), else the tokenizer's eos.
     pub fn default_generation(&self) -> GenerationConfig {
         let end_of_turn = match self.model.config.language {
             LanguageConfig::FalconMamba(_) => "<|im_end|>",

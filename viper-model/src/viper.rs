@@ -1,5 +1,5 @@
 //! `ViperModel`: CLIP tower → projector → spatial_unpad merge → splice into the prompt → language
-//! model (spec §2, §4.3, §8.1), for both families.
+//! model (docs/spec.md §2, §4.3, §8.1), for both families.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -94,7 +94,7 @@ pub struct ViperModel<B: SsmBackend> {
 }
 
 /// Known tensors that a Viper model deliberately does not read.
-/// (`pos_emb.*`: the Jamba wrapper's rotary table, never used in forward; spec §7.8.)
+/// (`pos_emb.*`: the Jamba wrapper's rotary table, never used in forward; docs/spec.md §7.8.)
 fn known_unused(key: &str) -> bool {
     key.starts_with("pos_emb.")
 }
@@ -167,7 +167,7 @@ impl<B: SsmBackend> ViperModel<B> {
     }
 
     /// Runs every crop of every image through the tower in one batch, projects, and merges each
-    /// image's features with `image_newline` (spec §4.3, §8.1).
+    /// image's features with `image_newline` (docs/spec.md §4.3, §8.1).
     pub fn encode_images(&self, images: &[ProcessedImage]) -> Result<ImageEncoding<B>> {
         let vision =
             self.vision.as_ref().ok_or_else(|| ModelError::Input("this checkpoint has no vision tower".into()))?;
@@ -277,7 +277,7 @@ fn load_vision<B: SsmBackend>(
     };
     let load = LoadOptions { dtype: options.dtype };
 
-    // Spec §9.4: a trained (unfrozen) tower is stored in the checkpoint; a frozen one is the CLIP release.
+    // docs/spec.md §9.4: a trained (unfrozen) tower is stored in the checkpoint; a frozen one is the CLIP release.
     let external;
     let (tower_ckpt, source) = if llava.unfreeze_mm_vision_tower {
         (ckpt, dir.to_path_buf())

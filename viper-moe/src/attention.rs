@@ -1,4 +1,4 @@
-//! Jamba attention (spec §7.3): grouped-query heads, causal, **no positional encoding**, KV cache. The
+//! Jamba attention (docs/spec.md §7.3): grouped-query heads, causal, **no positional encoding**, KV cache. The
 //! four projections go through [`viper_ssm::linear`].
 
 use burn::nn::Linear;

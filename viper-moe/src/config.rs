@@ -74,7 +74,7 @@ pub enum LayerKind {
 }
 
 impl JambaConfig {
-    /// Attention or Mamba for layer `i` (spec §7.1).
+    /// Attention or Mamba for layer `i` (docs/spec.md §7.1).
     pub fn layer_kind(&self, i: usize) -> LayerKind {
         if i % self.attn_layer_period == self.attn_layer_offset {
             LayerKind::Attention
@@ -83,7 +83,7 @@ impl JambaConfig {
         }
     }
 
-    /// Whether layer `i`'s feed-forward is a mixture of experts (spec §7.1).
+    /// Whether layer `i`'s feed-forward is a mixture of experts (docs/spec.md §7.1).
     pub fn is_moe(&self, i: usize) -> bool {
         self.num_experts > 1 && i % self.expert_layer_period == self.expert_layer_offset
     }

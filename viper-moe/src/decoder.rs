@@ -1,4 +1,4 @@
-//! The Jamba decoder (spec §7.2) and causal LM with its hybrid cache. Field names mirror the keys:
+//! The Jamba decoder (docs/spec.md §7.2) and causal LM with its hybrid cache. Field names mirror the keys:
 //! `model.{embed_tokens, layers.{i}.{input_layernorm, self_attn | mamba, pre_ff_layernorm, feed_forward},
 //! final_layernorm}`, `lm_head`.
 
@@ -202,7 +202,7 @@ impl<B: SsmBackend> LanguageModel<B> for JambaForCausalLM<B> {
     }
 
     /// Runs `embeds` (`[b, l, H]`) after the cache's contents; returns f32 logits of the positions
-    /// `logits` selects (spec §7.7).
+    /// `logits` selects (docs/spec.md §7.7).
     fn forward(&self, embeds: Tensor<B, 3>, cache: &mut JambaCache<B>, logits: Logits) -> Tensor<B, 3> {
         let mut h = embeds;
         for (layer, c) in self.model.layers.iter().zip(cache.layers.iter_mut()) {

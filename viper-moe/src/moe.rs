@@ -1,4 +1,4 @@
-//! Jamba feed-forwards (spec §7.5): the SiLU-gated MLP and the sparse mixture of experts. Every
+//! Jamba feed-forwards (docs/spec.md §7.5): the SiLU-gated MLP and the sparse mixture of experts. Every
 //! product (router, gate/up/down of the dense MLP and of each expert) goes through [`viper_ssm::linear`].
 
 use burn::nn::Linear;

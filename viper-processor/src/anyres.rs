@@ -1,5 +1,5 @@
-//! AnyRes geometry of upstream `viper/mm_utils.py` (spec §3) and the unpad geometry of
-//! `viper/model/model_arch.py` (spec §4.3), with sizes as `(width, height)` like upstream.
+//! AnyRes geometry of upstream `viper/mm_utils.py` (docs/spec.md §3) and the unpad geometry of
+//! `viper/model/model_arch.py` (docs/spec.md §4.3), with sizes as `(width, height)` like upstream.
 
 use std::ops::Range;
 
@@ -215,7 +215,7 @@ mod tests {
 
     #[test]
     fn spec_worked_examples() {
-        // Spec §3.7: (W, H), best, grid, resized, paste, unpadded H' x W', tokens.
+        // docs/spec.md §3.7: (W, H), best, grid, resized, paste, unpadded H' x W', tokens.
         #[rustfmt::skip]
         let table = [
             ((1024, 768), (1344, 1008), (4, 3), (1344, 1008), (0, 0), (72, 96), 7560),
@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn unpad_keeps_cur_minus_twice_pad() {
-        // Reference README Q10: kept extent can be `new + 1`.
+        // docs/reference-checkpoints.md Q10: kept extent can be `new + 1`.
         assert_eq!(Unpad::new((97, 61), (2, 2), 4).rows, 1..7);
         assert_eq!(Unpad::new((131, 45), (3, 2), 3).rows, 1..5);
         assert_eq!(Unpad::new((15, 29), (1, 1), 3).cols, 1..2);
@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn unpad_rounding_matches_upstream() {
-        // (W, H), (cols, rows) of tiles, side → kept region (README Q10 / spec §4.3 examples first; the
+        // (W, H), (cols, rows) of tiles, side → kept region (README Q10 / docs/spec.md §4.3 examples first; the
         // table `viper-vision`'s merge test held while the merge computed its own region).
         let unpad = |grid_hw, rows, cols| Unpad { grid_hw, rows, cols };
         #[rustfmt::skip]

@@ -1,5 +1,5 @@
 //! Viper image preprocessing ("anyres"), reproducing upstream `viper/mm_utils.py` (github
-//! `EvanZhuang/viper`, spec §3) on Pillow 10.4 + HuggingFace `CLIPImageProcessor`, bit for bit.
+//! `EvanZhuang/viper`, docs/spec.md §3) on Pillow 10.4 + HuggingFace `CLIPImageProcessor`, bit for bit.
 //!
 //! Data flow of [`Processor::process`] for an image of `(W, H)` and tile size `S` (the vision tower's
 //! `image_size`):

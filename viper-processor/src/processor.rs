@@ -72,7 +72,7 @@ impl EdgeSizes {
     }
 }
 
-/// The keys of a Viper/LLaVA `config.json` that decide its image preprocessing (spec §1.1), and in
+/// The keys of a Viper/LLaVA `config.json` that decide its image preprocessing (docs/spec.md §1.1), and in
 /// [`resolve`](Self::resolve) the one place where they, the tower's sizes and its
 /// `preprocessor_config.json` become a [`Processor`]. `viper-model`'s `LlavaConfig` parses them with
 /// the other LLaVA keys; [`Processor::from_config`] reads them from a bare config.

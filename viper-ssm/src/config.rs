@@ -19,7 +19,7 @@ pub enum MambaVariant {
     Mamba,
 }
 
-/// Shapes of one Mamba mixer (spec §6.5 glossary: D_m, I, N, R, K).
+/// Shapes of one Mamba mixer (docs/spec.md §6.5 glossary: D_m, I, N, R, K).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MambaConfig {
     /// Model width D_m (`hidden_size`).

@@ -1,4 +1,4 @@
-//! FalconMamba causal LM (spec §6; transformers' `modeling_falcon_mamba.py`), the language side of
+//! FalconMamba causal LM (docs/spec.md §6; transformers' `modeling_falcon_mamba.py`), the language side of
 //! Viper-Mamba-7B, and its config. Field names mirror the checkpoint:
 //! `backbone.{embeddings, layers.{i}.{norm, mixer}, norm_f}`, `lm_head`.
 
@@ -225,7 +225,7 @@ impl<B: SsmBackend> LanguageModel<B> for FalconMambaForCausalLM<B> {
         let dtype = self.weight_dtype();
         let [b, l, d] = embeds.dims();
         let mut h = embeds;
-        // Spec §6.2: the stream is f32 with residual_in_fp32; each block normalises it in the weight
+        // docs/spec.md §6.2: the stream is f32 with residual_in_fp32; each block normalises it in the weight
         // dtype. The residual add of a block is fused with the next norm (the last one with norm_f).
         let stream = if self.config.residual_in_fp32 { DType::F32 } else { h.dtype() };
         let mut pending: Option<Tensor<B, 3>> = None;

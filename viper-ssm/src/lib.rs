@@ -1,5 +1,5 @@
 //! The Mamba mixer of Viper's language models, in its FalconMamba and Jamba variants; the FalconMamba
-//! causal LM built on it ([`FalconMambaForCausalLM`], spec §6); and the floor both language models
+//! causal LM built on it ([`FalconMambaForCausalLM`], docs/spec.md §6); and the floor both language models
 //! stand on ([`lm`]): the [`LanguageModel`] contract with its [`Logits`] selection, the loader of the
 //! embedding matrix, final norm and `lm_head`, and [`linear`], the one entry point of every product.
 //!

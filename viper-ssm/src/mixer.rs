@@ -1,4 +1,4 @@
-//! The Mamba mixer (spec §6.3 sequence, §6.4 decode step, §7.4 Jamba differences).
+//! The Mamba mixer (docs/spec.md §6.3 sequence, §6.4 decode step, §7.4 Jamba differences).
 //!
 //! Field names mirror the checkpoint keys under `…mixer.` (FalconMamba) or `…mamba.` (Jamba).
 

@@ -28,7 +28,7 @@ pub fn softplus<B: Backend, const D: usize>(v: Tensor<B, D>) -> Tensor<B, D> {
     smooth.mask_where(v.clone().greater_elem(20.0), v)
 }
 
-/// Selective scan over a sequence (spec §6.3 step 8), all arithmetic in f32:
+/// Selective scan over a sequence (docs/spec.md §6.3 step 8), all arithmetic in f32:
 ///
 /// ```text
 /// Δ_t = softplus(delta_t + delta_bias)
@@ -73,7 +73,7 @@ pub fn selective_scan<B: Backend>(x: ScanInput<B>) -> ScanOutput<B> {
     ScanOutput { y: y.cast(out_dtype), state: h.cast(state_dtype) }
 }
 
-/// Causal depthwise conv1d followed by SiLU, continuing from `window` (spec §6.3 step 3):
+/// Causal depthwise conv1d followed by SiLU, continuing from `window` (docs/spec.md §6.3 step 3):
 /// `out_t = silu(bias + Σ_j w[:, j] · x_{t−k+1+j})`, where inputs before the sequence come from the
 /// window (the last `k` inputs seen, zeros at the start). Returns the output and the new window.
 pub fn causal_conv1d<B: Backend>(x: ConvInput<B>) -> (Tensor<B, 3>, Tensor<B, 3>) {
@@ -96,7 +96,7 @@ pub fn causal_conv1d<B: Backend>(x: ConvInput<B>) -> (Tensor<B, 3>, Tensor<B, 3>
     (silu(acc).cast(dtype), new_window)
 }
 
-/// RMS norm (spec §6.2, §6.3 step 4): `x` rounded to `dtype`, each segment normalised in f32 by
+/// RMS norm (docs/spec.md §6.2, §6.3 step 5): `x` rounded to `dtype`, each segment normalised in f32 by
 /// [`rms`] and rounded back, then the weight multiplies in the wider of the two dtypes.
 pub fn rms_norm<B: Backend>(x: RmsNormInput<B>) -> Tensor<B, 3> {
     let d = x.x.dims()[2];

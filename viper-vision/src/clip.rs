@@ -1,4 +1,4 @@
-//! The CLIP vision transformer up to the selected hidden state (spec §4.1; transformers'
+//! The CLIP vision transformer up to the selected hidden state (docs/spec.md §4.1; transformers'
 //! `modeling_clip.py` `CLIPVisionTransformer`, upstream Viper `clip_encoder.py` `CLIPVisionTower`).
 //!
 //! Field names mirror the checkpoint keys under `vision_model.`: `embeddings.{class_embedding,

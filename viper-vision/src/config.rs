@@ -1,4 +1,4 @@
-//! CLIP vision hyper-parameters (transformers' `CLIPVisionConfig`, spec §1.5) and the Viper keys that
+//! CLIP vision hyper-parameters (transformers' `CLIPVisionConfig`, docs/spec.md §1.5) and the Viper keys that
 //! pick the feature layer (`mm_vision_select_layer`, `mm_vision_select_feature`).
 
 use std::path::Path;

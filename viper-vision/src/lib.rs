@@ -1,5 +1,5 @@
 //! Viper's image path after preprocessing: the CLIP vision tower, the multimodal projector and the
-//! `spatial_unpad` merge (spec §4), on any Burn backend.
+//! `spatial_unpad` merge (docs/spec.md §4), on any Burn backend.
 //!
 //! ```text
 //! pixel_values (1 + tiles, 3, S, S)

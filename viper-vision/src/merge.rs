@@ -1,5 +1,5 @@
 //! The `spatial_unpad` merge of one image's projected crops into the token sequence spliced into the
-//! prompt (spec §4.3, reference README Q9–Q11; upstream `model_arch.py`
+//! prompt (docs/spec.md §4.3, docs/reference-checkpoints.md Q9–Q11; upstream `model_arch.py`
 //! `prepare_inputs_labels_for_multimodal`).
 //!
 //! Shapes: 1 base crop + `cols × rows` tiles (row-major), P = s² tokens per crop, D width.

@@ -1,4 +1,4 @@
-//! The multimodal projector from CLIP width to the language model's width (spec §4.2; upstream
+//! The multimodal projector from CLIP width to the language model's width (docs/spec.md §4.2; upstream
 //! `multimodal_projector/builder.py`).
 
 use std::fmt;

@@ -1,4 +1,4 @@
-//! The merged token layout of `spatial_unpad` (spec §4.3, reference README Q9–Q11) by the processor's
+//! The merged token layout of `spatial_unpad` (docs/spec.md §4.3, docs/reference-checkpoints.md Q9–Q11) by the processor's
 //! geometry (whose rounding is tested in `viper-processor`).
 
 mod common;

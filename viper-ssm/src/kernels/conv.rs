@@ -1,4 +1,4 @@
-//! Causal depthwise conv1d + SiLU (spec §6.3 step 3, §6.4 step 2) as one CubeCL kernel, for a sequence
+//! Causal depthwise conv1d + SiLU (docs/spec.md §6.3 step 3, §6.4 step 2) as one CubeCL kernel, for a sequence
 //! and for the one-token update alike.
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! Matrix–vector products for the decode step (spec §6.4: in_proj, x_proj, dt_proj, out_proj, lm_head
+//! Matrix–vector products for the decode step (docs/spec.md §6.4: in_proj, x_proj, dt_proj, out_proj, lm_head
 //! at one token per sequence):
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! RMS normalisation as transformers computes it (spec §6.2, §6.3 step 4), fused into one kernel:
+//! RMS normalisation as transformers computes it (docs/spec.md §6.2, §6.3 step 5), fused into one kernel:
 //!
 //! ```text
 //! v_j     = f32(round_R(x_j))                      (the stream rounded to the weight dtype R first)
@@ -193,7 +193,7 @@ pub struct AddNormDims {
     pub o_l: usize,
 }
 
-/// The residual add of the next block fused with its norm (spec §6.2: `h = h + mixer(norm(h))`, then the
+/// The residual add of the next block fused with its norm (docs/spec.md §6.2: `h = h + mixer(norm(h))`, then the
 /// next block's `norm(h)`):
 ///
 /// ```text

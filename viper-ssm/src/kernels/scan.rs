@@ -1,4 +1,4 @@
-//! Selective scan (spec §6.3 step 6–8, §6.4 step 4–5) as two CubeCL kernels.
+//! Selective scan (docs/spec.md §6.3 step 6–8, §6.4 step 4–5) as two CubeCL kernels.
 //!
 //! ```text
 //! Δ_t[d]   = softplus(delta_t[d] + bias[d])                   (softplus(v) = v above 20)
@@ -443,7 +443,7 @@ pub struct StepDims {
     pub t_d: usize,
 }
 
-/// A FalconMamba decode step straight from x_proj's output (spec §6.4 steps 3–5) in one launch:
+/// A FalconMamba decode step straight from x_proj's output (docs/spec.md §6.4 steps 3–5) in one launch:
 ///
 /// ```text
 /// dbc_t = [dt | B | C]            (x_proj output, R + 2N wide, activation dtype F)
