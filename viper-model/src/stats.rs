@@ -147,6 +147,6 @@ mod tests {
         assert_eq!(s.prefill_tokens_per_s(), Some(10_000.0));
         let load = LoadStats { seconds: 2.0, bytes: 6_000_000_000 };
         assert_eq!(load.gb_per_s(), Some(3.0));
-        assert!(load.to_string().contains("3.00 GB/s"));
+        assert!(load.to_string().contains("(3.0 GB/s)"), "{load}");
     }
 }
