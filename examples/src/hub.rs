@@ -352,8 +352,20 @@ pub fn frozen_tower_id(checkpoint: &Path) -> Option<String> {
     let config: serde_json::Value = serde_json::from_str(&text).ok()?;
     let frozen = !config["unfreeze_mm_vision_tower"].as_bool().unwrap_or(false);
     let name = config["mm_vision_tower"].as_str()?;
-    let hub_id = name.contains('/') && !name.starts_with('/') && !name.starts_with('.');
-    (frozen && hub_id && !checkpoint.join(name).exists()).then(|| name.to_string())
+    (frozen && is_repo_id(name) && !checkpoint.join(name).exists()).then(|| name.to_string())
+}
+
+/// Whether `name` has the hub's `owner/name` shape (one `/`, each side of `[A-Za-z0-9._-]`, not starting
+/// with `.` or `-`), so that a path such as `/data/viper` or `./viper` is never sent to the hub.
+pub fn is_repo_id(name: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 96
+            && !p.starts_with(['.', '-'])
+            && !p.contains("..")
+            && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    matches!(name.split_once('/'), Some((owner, repo)) if part(owner) && part(repo) && !repo.contains('/'))
 }
 
 /// The local side of a failed write or rename, as opposed to a cut connection.

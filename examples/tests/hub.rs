@@ -627,3 +627,18 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn only_owner_slash_name_goes_to_the_hub() {
+    use viper_examples::hub::is_repo_id;
+    for id in
+        ["tiiuae/falcon-mamba-7b-instruct", "openai/clip-vit-large-patch14-336", "a/b", "ai21labs/AI21-Jamba-1.5-Mini"]
+    {
+        assert!(is_repo_id(id), "{id}");
+    }
+    for path in
+        ["/nonexistent/viper", "./viper/x", "../a/b", "viper", "a/b/c", "a/", "/a", ".a/b", "a/..", "a b/c", "~/x"]
+    {
+        assert!(!is_repo_id(path), "{path}");
+    }
+}

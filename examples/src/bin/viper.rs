@@ -179,7 +179,7 @@ fn resolve_model(model: &str) -> Result<PathBuf> {
         return Ok(path);
     }
     #[cfg(feature = "hub")]
-    if model.contains('/') && !path.exists() {
+    if viper_examples::hub::is_repo_id(model) && !path.exists() {
         return Ok(viper_examples::hub::Hub::from_env(true)?.checkpoint(model)?.dir);
     }
     bail!("model directory {model} not found")
