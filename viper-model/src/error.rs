@@ -21,6 +21,23 @@ pub enum ModelError {
         /// What serde said, with the line and column.
         reason: String,
     },
+    /// A config file is not a regular file (a FIFO, a device such as `/dev/zero`) or is beyond its size
+    /// cap; it was not read.
+    #[error(transparent)]
+    File(viper_io::FileError),
+    /// A size in `config.json` is outside the range this crate accepts
+    /// ([`CONFIG_LIMITS`](crate::limits::CONFIG_LIMITS)); checked before the config is used.
+    #[error("config field `{field}` is {value}, outside the supported range {min}..={max}")]
+    ConfigLimit {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// Smallest value accepted.
+        min: u64,
+        /// Largest value accepted.
+        max: u64,
+    },
     /// `config.json` parses but describes no working model.
     #[error("invalid config: {0}")]
     Config(String),
@@ -42,6 +59,15 @@ pub enum ModelError {
     /// A request the model cannot serve (token id out of range, empty prompt, context too long…).
     #[error("invalid input: {0}")]
     Input(String),
+}
+
+impl From<viper_io::FileError> for ModelError {
+    fn from(e: viper_io::FileError) -> Self {
+        match e {
+            viper_io::FileError::Io { path, source } => ModelError::Io { path, source },
+            other => ModelError::File(other),
+        }
+    }
 }
 
 impl From<viper_ssm::ConfigError> for ModelError {

@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod falcon_mamba;
 pub mod generate;
+pub mod limits;
 pub mod lm;
 pub mod pipeline;
 pub mod sampling;

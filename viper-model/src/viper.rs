@@ -250,7 +250,7 @@ fn load_vision<B: SsmBackend>(
         llava.mm_vision_tower.as_deref().map(|name| dir.join(name)).filter(|p| p.join("config.json").is_file());
     let (clip, preprocessor) = if let Some(td) = &tower_dir {
         let pre = td.join("preprocessor_config.json");
-        let pre = if pre.is_file() { read_json::<PreprocessorConfig>(&pre)? } else { PreprocessorConfig::default() };
+        let pre = if pre.exists() { read_json::<PreprocessorConfig>(&pre)? } else { PreprocessorConfig::default() };
         (ClipVisionConfig::from_file(td.join("config.json"))?, pre)
     } else {
         let clip = match (&llava.vision_config, &llava.mm_vision_tower) {

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::anyres::{divide_to_patches, parse_pinpoints, resize_and_pad, AnyResGeometry};
 use crate::error::{ProcessorError, Result};
+use crate::limits;
 use crate::resample::resize_bicubic;
 
 /// CLIP's `image_mean`.
@@ -101,7 +102,9 @@ impl Processor {
     /// tower's `image_size` = `tile_size` pixels cut into `patch_size` patches.
     ///
     /// Fails if `tile_size` is not a positive multiple of `patch_size`, a pinpoint is not a positive
-    /// multiple of `tile_size`, or the preprocessor's `size` / `crop_size` differ from `tile_size`.
+    /// multiple of `tile_size`, or the preprocessor's `size` / `crop_size` differ from `tile_size`; and
+    /// with [`ProcessorError::Limit`] for more than [`MAX_PINPOINTS`](crate::MAX_PINPOINTS) pinpoints or
+    /// a side beyond [`MAX_PINPOINT_SIDE`](crate::MAX_PINPOINT_SIDE).
     pub fn new(
         pinpoints: Vec<(u32, u32)>,
         tile_size: u32,
@@ -117,6 +120,8 @@ impl Processor {
         if pinpoints.is_empty() {
             return Err(ProcessorError::Pinpoints { value: value(), reason: "empty list".into() });
         }
+        limits::check_count(pinpoints.len() as u64)?;
+        pinpoints.iter().try_for_each(|&(w, h)| limits::check_side(w.max(h).into()))?;
         if let Some((w, h)) =
             pinpoints.iter().find(|&&(w, h)| w == 0 || h == 0 || w % tile_size != 0 || h % tile_size != 0)
         {

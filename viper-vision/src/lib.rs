@@ -39,7 +39,9 @@ pub mod projector;
 pub use clip::{
     vision_model_prefix, ClipAttention, ClipEncoder, ClipEncoderLayer, ClipMlp, ClipVisionEmbeddings, ClipVisionTower,
 };
-pub use config::{Activation, ClipVisionConfig, FeatureSelect, SelectFeature, CLIP_VIT_LARGE_PATCH14_336};
+pub use config::{
+    Activation, ClipVisionConfig, FeatureSelect, SelectFeature, CLIP_MAX_SIZES, CLIP_VIT_LARGE_PATCH14_336,
+};
 pub use error::{Result, VisionError};
 pub use merge::{spatial_unpad_merge, unpad_region, UnpadRegion};
 pub use projector::{MmProjector, ProjectorType};

@@ -100,11 +100,12 @@ struct GenerateArgs {
     /// The question.
     #[arg(long)]
     prompt: String,
-    /// Write input_ids, inputs_embeds_len, generated_ids, text and last_logits as JSON.
+    /// Write input_ids, inputs_embeds_len, generated_ids, text and last_logits as JSON (atomically:
+    /// the old file or the whole new one, whenever the run stops).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Write pixel_values, clip_features, projected_features, image_features, inputs_embeds
-    /// to DIR/tensors.safetensors.
+    /// to DIR/tensors.safetensors (atomically).
     #[arg(long)]
     dump: Option<PathBuf>,
 }
@@ -200,8 +201,8 @@ fn download(id: &str) -> Result<PathBuf> {
 /// the checkpoint) and is a hub id rather than a local folder.
 #[cfg(feature = "hub")]
 fn hub_vision_tower(dir: &Path) -> Option<PathBuf> {
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).ok()?).ok()?;
+    let text = viper_io::read_capped_to_string(&dir.join("config.json"), viper_io::MAX_CONFIG_BYTES).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
     let frozen = !config["unfreeze_mm_vision_tower"].as_bool().unwrap_or(false);
     let name = config["mm_vision_tower"].as_str()?;
     if !frozen || !name.contains('/') || dir.join(name).exists() {
@@ -254,10 +255,25 @@ fn open_images(paths: &[PathBuf]) -> Result<Vec<viper_processor::RgbImage>> {
     paths.iter().map(|p| loader.open(p).context("cannot open image")).collect()
 }
 
+/// Checks the `--json` and `--dump` outputs before any work starts: each must be writable, and
+/// neither may name a directory where a file goes (`--dump DIR` is created if missing).
+fn check_outputs(args: &GenerateArgs) -> Result<()> {
+    if let Some(path) = &args.json {
+        viper_io::check_output_file(path).context("--json")?;
+    }
+    if let Some(dir) = &args.dump {
+        std::fs::create_dir_all(dir).with_context(|| format!("--dump: creating {}", dir.display()))?;
+        viper_io::check_output_file(&dir.join(DUMP_FILE)).context("--dump")?;
+    }
+    Ok(())
+}
+
 fn generate<B: SsmBackend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
+    check_outputs(args)?;
+    let images = open_images(&args.common.images)?;
     let viper = load::<B>(&args.common, device)?;
     let config = generation_config(&viper, &args.common);
-    let conversation = Viper::<B>::conversation(&args.prompt, open_images(&args.common.images)?);
+    let conversation = Viper::<B>::conversation(&args.prompt, images);
 
     let bar = spinner("encoding images and prompt");
     let prepared = viper.prepare(&conversation)?;
@@ -294,7 +310,7 @@ fn generate<B: SsmBackend>(args: &GenerateArgs, device: &B::Device) -> Result<()
             "text": generation.text,
             "last_logits": generation.prompt_logits,
         });
-        std::fs::write(path, serde_json::to_vec(&json)?).with_context(|| format!("writing {}", path.display()))?;
+        viper_io::write_atomic(path, &serde_json::to_vec(&json)?)?;
     }
     if let Some(dir) = &args.dump {
         dump(&prepared, dir)?;
@@ -305,9 +321,11 @@ fn generate<B: SsmBackend>(args: &GenerateArgs, device: &B::Device) -> Result<()
 /// Shape and little-endian f32 bytes of a dumped tensor.
 type Dumped = (Vec<usize>, Vec<u8>);
 
-/// Writes the image path's intermediate tensors (f32) to `dir/tensors.safetensors`.
+/// The file `--dump DIR` writes.
+const DUMP_FILE: &str = "tensors.safetensors";
+
+/// Writes the image path's intermediate tensors (f32) to `dir/tensors.safetensors` (atomically).
 fn dump<B: SsmBackend>(prepared: &PreparedPrompt<B>, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Dumped> {
         let shape = t.dims().to_vec();
         let values: Vec<f32> = t.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -331,8 +349,8 @@ fn dump<B: SsmBackend>(prepared: &PreparedPrompt<B>, dir: &Path) -> Result<()> {
             Ok((name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)?))
         })
         .collect::<Result<Vec<_>>>()?;
-    let path = dir.join("tensors.safetensors");
-    safetensors::serialize_to_file(views, None, &path).with_context(|| format!("writing {}", path.display()))?;
+    let path = dir.join(DUMP_FILE);
+    viper_io::write_atomic(&path, &safetensors::serialize(views, None)?)?;
     Ok(())
 }
 
