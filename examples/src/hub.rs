@@ -348,7 +348,7 @@ impl Hub {
 
 /// The hub id of a frozen vision tower that `checkpoint` does not hold ([`Hub::frozen_vision_tower`]).
 pub fn frozen_tower_id(checkpoint: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(checkpoint.join("config.json")).ok()?;
+    let text = viper_io::read_capped_to_string(&checkpoint.join("config.json"), viper_io::MAX_CONFIG_BYTES).ok()?;
     let config: serde_json::Value = serde_json::from_str(&text).ok()?;
     let frozen = !config["unfreeze_mm_vision_tower"].as_bool().unwrap_or(false);
     let name = config["mm_vision_tower"].as_str()?;

@@ -178,3 +178,100 @@ fn stats_in_json_and_on_stderr() {
         assert_eq!(stats["decode_tokens_per_s"].is_null(), decode == 0);
     }
 }
+
+/// Runs the CLI, failing the test if it has not exited within `BOUND` (a FIFO must not block it).
+fn viper_bounded(args: &[&str]) -> Output {
+    const BOUND: std::time::Duration = std::time::Duration::from_secs(120);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_viper"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let start = std::time::Instant::now();
+    while child.try_wait().expect("waits").is_none() {
+        if start.elapsed() > BOUND {
+            child.kill().expect("kills");
+            panic!("viper {args:?} still running after {BOUND:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("collects")
+}
+
+fn expect_bounded_error(args: &[&str], needle: &str) {
+    let out = viper_bounded(args);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(line.starts_with("error: ") && line.contains(needle), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Hostile output and input paths: each is refused before any work starts (a missing model is not
+/// even noticed), with one error line.
+#[test]
+fn output_paths_are_checked_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let fifo = tmp.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let (file, fifo) = (file.to_str().unwrap(), fifo.to_str().unwrap());
+    let missing_parent = format!("{dir}/missing/out.json");
+    let under_a_file = format!("{file}/out.json");
+    let no_model = ["generate", "--model", "/nonexistent/viper", "--prompt", "hi"];
+    for (flag, path, needle) in [
+        ("--json", dir, "a directory"),
+        ("--json", missing_parent.as_str(), "missing"),
+        ("--json", under_a_file.as_str(), "Not a directory"),
+        ("--json", fifo, "FIFO"),
+        ("--dump", file, "--dump"),
+    ] {
+        expect_bounded_error(&[&no_model[..], &[flag, path]].concat(), needle);
+    }
+    let dump = tmp.path().join("dump");
+    std::fs::create_dir_all(dump.join("tensors.safetensors")).unwrap();
+    expect_bounded_error(&[&no_model[..], &["--dump", dump.to_str().unwrap()]].concat(), "a directory");
+    // An image that is a FIFO or an endless stream fails at once, before the model loads.
+    expect_bounded_error(&[&no_model[..], &["--image", fifo]].concat(), "FIFO");
+    expect_bounded_error(&[&no_model[..], &["--image", "/dev/zero"]].concat(), "character device");
+}
+
+/// `--json` and `--dump` replace their files whole: a run that fails leaves the old ones untouched,
+/// a run that succeeds leaves no temporary file behind.
+#[test]
+fn outputs_are_written_atomically() {
+    let dir = reference("mamba-s1");
+    let model = dir.to_str().unwrap();
+    let image = dir.join("images/image_84x84.png");
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("out.json");
+    let dump = out.path().join("dump");
+    std::fs::create_dir(&dump).unwrap();
+    std::fs::write(&json, "old").unwrap();
+    std::fs::write(dump.join("tensors.safetensors"), "old").unwrap();
+    let (json_arg, dump_arg) = (json.to_str().unwrap(), dump.to_str().unwrap());
+    let args = |prompt: &'static str| {
+        let image = image.to_str().unwrap().to_string();
+        move |extra: &[&str]| {
+            let base = ["generate", "--model", model, "--image", &image, "--prompt", prompt, "--max-new-tokens", "2"];
+            viper_bounded(&[&base[..], extra].concat())
+        }
+    };
+    // Fails after loading (two markers for one image): the old outputs stay.
+    let failed = args("<image> and <image>")(&["--json", json_arg, "--dump", dump_arg]);
+    assert!(!failed.status.success());
+    assert_eq!(std::fs::read(&json).unwrap(), b"old");
+    assert_eq!(std::fs::read(dump.join("tensors.safetensors")).unwrap(), b"old");
+    let ok = args("What is this?")(&["--json", json_arg, "--dump", dump_arg]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let got: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(got["generated_ids"].as_array().unwrap().len(), 2);
+    Checkpoint::open(dump.join("tensors.safetensors")).unwrap();
+    let names = |d: &Path| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>();
+    assert_eq!(names(out.path()).len(), 2, "{:?}", names(out.path()));
+    assert_eq!(names(&dump).len(), 1, "{:?}", names(&dump));
+}

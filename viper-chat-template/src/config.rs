@@ -73,7 +73,7 @@ struct RawConfig {
 impl RawConfig {
     /// Parses `path`, or returns the empty config when the file does not exist.
     fn read_optional(path: PathBuf) -> Result<Self> {
-        match read_file(path.clone()) {
+        match read_file(path.clone(), viper_io::MAX_CONFIG_BYTES) {
             Ok(text) => serde_json::from_str(&text).map_err(|source| Error::Json { path, source }),
             Err(Error::MissingFile { path }) => {
                 log::debug!("{} not found, using defaults", path.display());
@@ -159,9 +159,10 @@ impl TokenizerConfig {
         });
 
         let jinja_path = dir.join("chat_template.jinja");
-        let chat_template = if jinja_path.is_file() {
+        // `exists`, not `is_file`: a FIFO or directory in its place is an error, not silently skipped.
+        let chat_template = if jinja_path.exists() {
             // newer transformers give this file precedence over tokenizer_config.json
-            Some((read_file(jinja_path.clone())?, jinja_path.display().to_string()))
+            Some((read_file(jinja_path.clone(), viper_io::MAX_TEMPLATE_BYTES)?, jinja_path.display().to_string()))
         } else {
             let origin = config_path.display().to_string();
             match config.chat_template.take() {

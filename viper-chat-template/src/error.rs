@@ -20,6 +20,10 @@ pub enum Error {
         /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// A file is not a regular file (a FIFO, a device such as `/dev/zero`, a directory) or is beyond
+    /// its size cap; it was not read.
+    #[error(transparent)]
+    File(viper_io::FileError),
     /// A JSON configuration file does not parse or has fields of the wrong type.
     #[error("{path} is not a valid tokenizer configuration: {source}")]
     Json {
@@ -44,6 +48,15 @@ pub enum Error {
         /// The error reported by `tokenizers`.
         source: tokenizers::Error,
     },
+    /// The `tokenizers` library panicked (its regex engine fails that way, e.g. on a pathological
+    /// pre-tokenizer pattern); the panic was caught.
+    #[error("tokenizer: {context}: the tokenizers library failed: {message}")]
+    TokenizerPanic {
+        /// What was being done.
+        context: String,
+        /// The panic message.
+        message: String,
+    },
     /// A chat template does not compile or fails while rendering.
     #[error("chat template {template}: {source}")]
     Template {
@@ -51,6 +64,24 @@ pub enum Error {
         template: String,
         /// The minijinja error, which carries the template line.
         source: minijinja::Error,
+    },
+    /// A chat template used up its instruction budget ([`RenderBudget::fuel`](crate::RenderBudget)):
+    /// a loop far too long, or nested loops.
+    #[error("chat template {template} ran out of its budget of {fuel} instructions")]
+    TemplateBudget {
+        /// Where the template came from.
+        template: String,
+        /// The budget in force.
+        fuel: u64,
+    },
+    /// A chat template rendered more than
+    /// [`RenderBudget::max_output_bytes`](crate::RenderBudget); rendering stopped there.
+    #[error("chat template {template} rendered more than the limit of {limit} bytes")]
+    PromptTooLarge {
+        /// Where the template came from.
+        template: String,
+        /// The limit in force.
+        limit: usize,
     },
     /// A chat template called `raise_exception(message)`.
     #[error("chat template {template} raised an exception: {message}")]
@@ -75,10 +106,13 @@ pub enum Error {
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Reads a file, telling a missing file from other I/O errors.
-pub(crate) fn read_file(path: PathBuf) -> Result<String> {
-    std::fs::read_to_string(&path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => Error::MissingFile { path },
-        _ => Error::Io { path, source },
+/// Reads a regular file of at most `cap` bytes, telling a missing file from other I/O errors.
+pub(crate) fn read_file(path: PathBuf, cap: u64) -> Result<String> {
+    viper_io::read_capped_to_string(&path, cap).map_err(|e| match e {
+        viper_io::FileError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::MissingFile { path }
+        }
+        viper_io::FileError::Io { source, .. } => Error::Io { path, source },
+        other => Error::File(other),
     })
 }

@@ -36,7 +36,7 @@ mod tokenizer;
 pub use config::SpecialTokens;
 pub use conversation::{Conversation, Role, Turn};
 pub use error::{Error, Result};
-pub use template::{BuiltinTemplate, ChatTemplate};
+pub use template::{BuiltinTemplate, ChatTemplate, RenderBudget, DEFAULT_MAX_PROMPT_BYTES, DEFAULT_TEMPLATE_FUEL};
 pub use tokenizer::{PromptTokens, TextStream, Tokenizer};
 
 /// The id standing for one image in prompt ids (upstream `constants.IMAGE_TOKEN_INDEX`).

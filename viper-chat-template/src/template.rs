@@ -75,6 +75,30 @@ impl BuiltinTemplate {
     }
 }
 
+/// Default instruction budget of one render ([`RenderBudget::fuel`]): a thousand-turn conversation
+/// through the Jamba template uses well under a tenth of it, and it runs out in about a second.
+pub const DEFAULT_TEMPLATE_FUEL: u64 = 10_000_000;
+
+/// Default cap on a rendered prompt ([`RenderBudget::max_output_bytes`]), 16 MiB: millions of tokens.
+pub const DEFAULT_MAX_PROMPT_BYTES: usize = 16 << 20;
+
+/// What one render of a [`ChatTemplate`] may spend, so that a hostile template (nested loops, a loop
+/// printing a huge string) fails with a typed error instead of running for hours or filling memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenderBudget {
+    /// minijinja's fuel: roughly one unit per executed template instruction. Exhausting it is
+    /// [`Error::TemplateBudget`].
+    pub fuel: u64,
+    /// Largest rendered prompt in bytes; more is [`Error::PromptTooLarge`].
+    pub max_output_bytes: usize,
+}
+
+impl Default for RenderBudget {
+    fn default() -> Self {
+        Self { fuel: DEFAULT_TEMPLATE_FUEL, max_output_bytes: DEFAULT_MAX_PROMPT_BYTES }
+    }
+}
+
 /// A compiled Jinja chat template.
 ///
 /// The environment matches transformers' `apply_chat_template`: `trim_blocks` and
@@ -82,11 +106,13 @@ impl BuiltinTemplate {
 /// off), loop controls, Python string/dict/list methods (`.strip()`, `.startswith()`,
 /// `.items()`, …), Python's printing of `True`/`False`/`None`, `raise_exception(msg)`,
 /// `strftime_now(fmt)`, `namespace` and a `tojson` that writes like Python's `json.dumps`
-/// (no HTML escaping).
+/// (no HTML escaping). Each render runs on a [`RenderBudget`] ([`RenderBudget::default`] unless
+/// [`with_budget`](Self::with_budget) says otherwise).
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     origin: String,
+    budget: RenderBudget,
 }
 
 impl ChatTemplate {
@@ -102,8 +128,10 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
+        let budget = RenderBudget::default();
+        env.set_fuel(Some(budget.fuel));
         match env.add_template_owned(origin.clone(), source.into()) {
-            Ok(()) => Ok(Self { env, origin }),
+            Ok(()) => Ok(Self { env, origin, budget }),
             Err(source) => Err(Error::Template { template: origin, source }),
         }
     }
@@ -121,6 +149,18 @@ impl ChatTemplate {
         TokenizerConfig::read(dir.as_ref())?.chat_template.map(|(source, origin)| Self::new(source, origin)).transpose()
     }
 
+    /// The same template rendering on `budget`.
+    pub fn with_budget(mut self, budget: RenderBudget) -> Self {
+        self.env.set_fuel(Some(budget.fuel));
+        self.budget = budget;
+        self
+    }
+
+    /// What one render may spend.
+    pub fn budget(&self) -> RenderBudget {
+        self.budget
+    }
+
     /// Where the template came from, as used in error messages.
     pub fn origin(&self) -> &str {
         &self.origin
@@ -131,7 +171,8 @@ impl ChatTemplate {
     /// turns, `{"role", "content"}` each; `special` provides `bos_token`, `eos_token`, ….
     ///
     /// Fails with [`Error::ImageCount`] when a user turn, or the rendered prompt, has a number of
-    /// `<image>` markers different from its attached images.
+    /// `<image>` markers different from its attached images, and with [`Error::TemplateBudget`] or
+    /// [`Error::PromptTooLarge`] past the [`RenderBudget`].
     pub fn render<I>(
         &self,
         conversation: &Conversation<I>,
@@ -166,11 +207,20 @@ impl ChatTemplate {
             ctx.push(("additional_special_tokens", Value::from_serialize(&special.additional)));
         }
 
-        let prompt = self
+        let mut out = CappedOutput { bytes: Vec::new(), cap: self.budget.max_output_bytes, exceeded: false };
+        let rendered = self
             .env
             .get_template(&self.origin)
-            .and_then(|t| t.render(Value::from_iter(ctx)))
-            .map_err(|e| self.render_error(e))?;
+            .and_then(|t| t.render_captured_to(Value::from_iter(ctx), &mut out).map(drop));
+        if out.exceeded {
+            return Err(Error::PromptTooLarge { template: self.origin.clone(), limit: self.budget.max_output_bytes });
+        }
+        rendered.map_err(|e| self.render_error(e))?;
+        // minijinja writes whole `str` pieces
+        let prompt = String::from_utf8(out.bytes).map_err(|e| Error::Template {
+            template: self.origin.clone(),
+            source: minijinja::Error::new(ErrorKind::BadSerialization, e.to_string()),
+        })?;
 
         let markers = prompt.matches(IMAGE_TOKEN).count();
         let images = conversation.images().count();
@@ -182,11 +232,36 @@ impl ChatTemplate {
 
     fn render_error(&self, e: minijinja::Error) -> Error {
         let template = self.origin.clone();
-        let mut chain = std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| e.source());
-        match chain.find_map(|e| e.downcast_ref::<TemplateException>()) {
+        let chain = || std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| e.source());
+        if chain().filter_map(|e| e.downcast_ref::<minijinja::Error>()).any(|e| e.kind() == ErrorKind::OutOfFuel) {
+            return Error::TemplateBudget { template, fuel: self.budget.fuel };
+        }
+        match chain().find_map(|e| e.downcast_ref::<TemplateException>()) {
             Some(TemplateException(message)) => Error::TemplateException { template, message: message.clone() },
             None => Error::Template { template, source: e },
         }
+    }
+}
+
+/// The render's output, refusing to grow past `cap` bytes.
+struct CappedOutput {
+    bytes: Vec<u8>,
+    cap: usize,
+    exceeded: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len().saturating_add(buf.len()) > self.cap {
+            self.exceeded = true;
+            return Err(std::io::Error::other("the rendered prompt is too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -219,13 +294,26 @@ fn strftime_now(format: &str) -> Result<String, minijinja::Error> {
     Ok(out)
 }
 
+/// Largest `tojson(indent=…)` accepted.
+const MAX_TOJSON_INDENT: usize = 256;
+/// Largest output of one `tojson` (the prompt cap's default): `tojson` of `tojson` doubles every
+/// backslash, so a chain of them grows exponentially.
+const MAX_TOJSON_BYTES: usize = DEFAULT_MAX_PROMPT_BYTES;
+
 /// `json.dumps(value, ensure_ascii=False, indent=indent)`: Python's separators (`", "` and
 /// `": "`, or `","` at line ends when indenting), no HTML escaping. Other keyword arguments of
-/// transformers' `tojson` (`separators`, `sort_keys`, …) are rejected as unknown.
+/// transformers' `tojson` (`separators`, `sort_keys`, …) are rejected as unknown. An indent beyond
+/// [`MAX_TOJSON_INDENT`] or an output beyond [`MAX_TOJSON_BYTES`] is an error.
 fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
-    let mut out = Vec::new();
+    if let Some(n) = indent.filter(|&n| n > MAX_TOJSON_INDENT) {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson indent {n} is beyond the limit of {MAX_TOJSON_INDENT}"),
+        ));
+    }
+    let mut out = CappedOutput { bytes: Vec::new(), cap: MAX_TOJSON_BYTES, exceeded: false };
     let result = match indent {
         Some(n) => {
             let indent = vec![b' '; n];
@@ -234,9 +322,13 @@ fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
         }
         None => value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, PythonFormatter)),
     };
+    if out.exceeded {
+        let message = format!("tojson output is beyond the limit of {MAX_TOJSON_BYTES} bytes");
+        return Err(minijinja::Error::new(ErrorKind::InvalidOperation, message));
+    }
     result.map_err(|e| minijinja::Error::new(ErrorKind::BadSerialization, e.to_string()))?;
     // serde_json writes valid UTF-8
-    Ok(Value::from(String::from_utf8_lossy(&out).into_owned()))
+    Ok(Value::from(String::from_utf8_lossy(&out.bytes).into_owned()))
 }
 
 /// serde_json formatter with Python's default `json.dumps` separators.

@@ -37,9 +37,9 @@ impl Tokenizer {
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let path = dir.join("tokenizer.json");
-        let json = crate::error::read_file(path.clone())?;
-        let mut inner = tokenizers::Tokenizer::from_bytes(json)
-            .map_err(|source| Error::Tokenizer { context: format!("cannot parse {}", path.display()), source })?;
+        let json = crate::error::read_file(path.clone(), viper_io::MAX_TOKENIZER_BYTES)?;
+        let mut inner =
+            guarded(|| format!("cannot parse {}", path.display()), || tokenizers::Tokenizer::from_bytes(json))?;
         let config = TokenizerConfig::read(dir)?;
 
         if let Some((add_bos, add_eos)) = config.post_processor {
@@ -99,10 +99,8 @@ impl Tokenizer {
     /// Encodes `text`; `add_special_tokens` applies the post-processor (e.g. a BOS), like
     /// `tokenizer(text, add_special_tokens=…).input_ids`.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let encoding = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|source| Error::Tokenizer { context: format!("cannot encode {text:?}"), source })?;
+        let encoding =
+            guarded(|| format!("cannot encode {:?}", Excerpt(text)), || self.inner.encode(text, add_special_tokens))?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -150,14 +148,43 @@ impl Tokenizer {
     }
 
     fn decode_raw(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|source| Error::Tokenizer { context: format!("cannot decode {} ids", ids.len()), source })
+        guarded(|| format!("cannot decode {} ids", ids.len()), || self.inner.decode(ids, skip_special_tokens))
     }
 
     /// An incremental decoder for streaming generated tokens.
     pub fn stream(&self, skip_special_tokens: bool) -> TextStream<'_> {
         TextStream { tokenizer: self, skip_special_tokens, ids: Vec::new(), prefix: String::new(), pending: 0 }
+    }
+}
+
+/// Runs a call into `tokenizers`, its error or any panic inside it (its regex engine, Oniguruma,
+/// panics when a search fails, e.g. past its retry limit on a pathological pre-tokenizer pattern)
+/// becoming a typed error with `context`.
+fn guarded<T>(context: impl Fn() -> String, call: impl FnOnce() -> tokenizers::Result<T>) -> Result<T> {
+    // Unwind safety: a panic leaves at most a poisoned cache lock, which `tokenizers` treats as a miss.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(Error::Tokenizer { context: context(), source }),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic without a message".into());
+            Err(Error::TokenizerPanic { context: context(), message })
+        }
+    }
+}
+
+/// A text shown in an error message: the first 100 characters and the length of the rest.
+struct Excerpt<'a>(&'a str);
+
+impl std::fmt::Debug for Excerpt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.char_indices().nth(100) {
+            Some((cut, _)) => write!(f, "{:?}… ({} bytes)", &self.0[..cut], self.0.len()),
+            None => write!(f, "{:?}", self.0),
+        }
     }
 }
 

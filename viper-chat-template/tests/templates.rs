@@ -75,3 +75,30 @@ fn classic_llava_formats() {
          <|im_start|>assistant\nA<|im_end|><|im_start|>user\nR<|im_end|><|im_start|>assistant\n"
     );
 }
+
+/// The default render budget is far above what real conversations need: a thousand exchanges through
+/// every built-in template and the fixtures' own fit in a tenth of it.
+#[test]
+fn long_conversations_fit_a_tenth_of_the_default_budget() {
+    use viper_chat_template::{RenderBudget, DEFAULT_TEMPLATE_FUEL};
+    let mut conversation = viper_chat_template::Conversation::<()>::new().with_system("sys");
+    for i in 0..1000 {
+        conversation = conversation.user(format!("question {i}")).assistant(format!("answer {i}"));
+    }
+    conversation = conversation.user("last");
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/chat");
+    let mut templates: Vec<ChatTemplate> = BuiltinTemplate::ALL
+        .iter()
+        .filter(|&&t| t != BuiltinTemplate::Plain) // `plain` cannot render replies (upstream's sep2 is None)
+        .map(|&t| ChatTemplate::builtin(t))
+        .collect();
+    for name in ["jamba-s1", "mamba-s1"] {
+        templates.push(ChatTemplate::from_checkpoint(fixtures.join(name)).unwrap().unwrap());
+    }
+    let budget = RenderBudget { fuel: DEFAULT_TEMPLATE_FUEL / 10, ..Default::default() };
+    for template in templates {
+        let origin = template.origin().to_string();
+        let prompt = template.with_budget(budget).render(&conversation, &Default::default(), true);
+        assert!(prompt.is_ok_and(|p| p.contains("answer 999")), "{origin}");
+    }
+}

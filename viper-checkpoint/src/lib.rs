@@ -20,7 +20,6 @@
 //! ```
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -49,6 +48,10 @@ pub enum CheckpointError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A file is not a regular file (a FIFO, a device, a directory) or is beyond its size cap; it was
+    /// not read.
+    #[error(transparent)]
+    File(viper_io::FileError),
     /// A safetensors file is corrupt: truncated, bad header, offsets that do not match the data.
     #[error("{path} is not a valid safetensors file: {reason}")]
     InvalidFile {
@@ -109,6 +112,15 @@ pub enum CheckpointError {
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, CheckpointError>;
 
+impl From<viper_io::FileError> for CheckpointError {
+    fn from(e: viper_io::FileError) -> Self {
+        match e {
+            viper_io::FileError::Io { path, source } => CheckpointError::Io { path, source },
+            other => CheckpointError::File(other),
+        }
+    }
+}
+
 /// Element type and shape of a stored tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorMeta {
@@ -151,12 +163,13 @@ impl Checkpoint {
         if !path.is_dir() {
             return Self::from_files(&[path.to_path_buf()]);
         }
+        // `exists`, not `is_file`: a FIFO or directory under these names is an error, not skipped.
         let index = path.join(INDEX_FILE);
-        if index.is_file() {
+        if index.exists() {
             return Self::from_index(&index);
         }
         let single = path.join(SINGLE_FILE);
-        if single.is_file() {
+        if single.exists() {
             return Self::from_files(&[single]);
         }
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
@@ -174,8 +187,7 @@ impl Checkpoint {
     /// Opens the shards listed in a `model.safetensors.index.json`.
     pub fn from_index(index: &Path) -> Result<Self> {
         let bad = |reason: String| CheckpointError::InvalidIndex { path: index.to_path_buf(), reason };
-        let text = std::fs::read_to_string(index)
-            .map_err(|source| CheckpointError::Io { path: index.to_path_buf(), source })?;
+        let text = viper_io::read_capped_to_string(index, viper_io::MAX_CONFIG_BYTES)?;
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let map =
             json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no `weight_map` object".into()))?;
@@ -340,7 +352,8 @@ type TensorMetaRef = safetensors::tensor::TensorInfo;
 impl Shard {
     fn open(path: &Path) -> Result<Self> {
         let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
-        let file = File::open(path).map_err(io)?;
+        // A regular file only, opened without blocking: a FIFO named `*.safetensors` is an error, not a hang.
+        let (file, _) = viper_io::open_regular(path)?;
         // SAFETY: the map is read-only; a checkpoint modified while loaded is the caller's problem,
         // and every read is bounds-checked against offsets validated below.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;

@@ -9,9 +9,10 @@ pub use viper_ssm::FalconMambaConfig;
 
 use crate::error::{ModelError, Result};
 
-/// Reads and parses a JSON config file into `T`, with the file name in every error.
+/// Reads and parses a JSON config file into `T`, with the file name in every error. The file must be
+/// a regular file of at most [`viper_io::MAX_CONFIG_BYTES`].
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    let text = viper_io::read_capped_to_string(path, viper_io::MAX_CONFIG_BYTES)?;
     serde_json::from_str(&text).map_err(|e| ModelError::ConfigParse { path: path.to_path_buf(), reason: e.to_string() })
 }
 
@@ -97,10 +98,12 @@ impl ViperConfig {
         })
     }
 
-    /// Builds the config from parsed JSON.
+    /// Builds the config from parsed JSON, its sizes checked against
+    /// [`CONFIG_LIMITS`](viper_ssm::limits::CONFIG_LIMITS) first.
     pub fn from_json(json: serde_json::Value) -> Result<Self> {
         let parse =
             |e: serde_json::Error| ModelError::ConfigParse { path: "config.json".into(), reason: e.to_string() };
+        viper_ssm::limits::check_config_limits(&json)?;
         let llava: LlavaConfig = serde_json::from_value(json.clone()).map_err(parse)?;
         let language = match llava.model_type.as_str() {
             "llava_falcon_mamba" | "falcon_mamba" => {

@@ -21,6 +21,23 @@ pub enum ModelError {
         /// What serde said, with the line and column.
         reason: String,
     },
+    /// A config file is not a regular file (a FIFO, a device such as `/dev/zero`) or is beyond its size
+    /// cap; it was not read.
+    #[error(transparent)]
+    File(viper_io::FileError),
+    /// A size in `config.json` is outside the range this crate accepts
+    /// ([`CONFIG_LIMITS`](viper_ssm::limits::CONFIG_LIMITS)); checked before the config is used.
+    #[error("config field `{field}` is {value}, outside the supported range {min}..={max}")]
+    ConfigLimit {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// Smallest value accepted.
+        min: u64,
+        /// Largest value accepted.
+        max: u64,
+    },
     /// `config.json` parses but describes no working model.
     #[error("invalid config: {0}")]
     Config(String),
@@ -44,6 +61,15 @@ pub enum ModelError {
     Input(String),
 }
 
+impl From<viper_io::FileError> for ModelError {
+    fn from(e: viper_io::FileError) -> Self {
+        match e {
+            viper_io::FileError::Io { path, source } => ModelError::Io { path, source },
+            other => ModelError::File(other),
+        }
+    }
+}
+
 impl From<viper_ssm::ConfigError> for ModelError {
     fn from(e: viper_ssm::ConfigError) -> Self {
         ModelError::Config(e.0)
@@ -56,6 +82,10 @@ impl From<viper_ssm::LmError> for ModelError {
         match e {
             viper_ssm::LmError::Io { path, source } => ModelError::Io { path, source },
             viper_ssm::LmError::ConfigParse { path, reason } => ModelError::ConfigParse { path, reason },
+            viper_ssm::LmError::File(e) => ModelError::File(e),
+            viper_ssm::LmError::ConfigLimit { field, value, min, max } => {
+                ModelError::ConfigLimit { field, value, min, max }
+            }
             viper_ssm::LmError::Config(reason) => ModelError::Config(reason),
             viper_ssm::LmError::Checkpoint(e) => ModelError::Checkpoint(e),
         }

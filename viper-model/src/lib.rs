@@ -5,6 +5,8 @@ pub mod config;
 pub mod error;
 pub mod falcon_mamba;
 pub mod generate;
+/// The config size limits ([`viper_ssm::limits`]), under their former path.
+pub use viper_ssm::limits;
 pub mod lm;
 pub mod pipeline;
 pub mod sampling;

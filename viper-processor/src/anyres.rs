@@ -7,6 +7,7 @@ use image::{imageops, RgbImage};
 use serde_json::Value;
 
 use crate::error::{Origin, ProcessorError, Result};
+use crate::limits;
 use crate::resample::resize_bicubic;
 
 /// Parse `image_grid_pinpoints` from a model config into `(width, height)` pairs, in list order.
@@ -14,32 +15,42 @@ use crate::resample::resize_bicubic;
 /// Accepted forms: a JSON list of `[w, h]` pairs; its Python-literal string form (what upstream reads
 /// with `ast.literal_eval`), e.g. `"[(336, 672), (672, 336)]"` or `"[[336, 672], [672, 336]]"`; and
 /// LLaVA-OneVision's range form `"(1x1),...,(3x3)"`, meaning every `(i * tile, j * tile)` for `i` then
-/// `j` in the given ranges. Values are checked by [`Processor::new`](crate::Processor::new).
+/// `j` in the given ranges. Values are checked by [`Processor::new`](crate::Processor::new); the
+/// number of pinpoints ([`MAX_PINPOINTS`](crate::MAX_PINPOINTS)) is checked here, before a list is
+/// copied or a range expanded.
 pub fn parse_pinpoints(value: &Value, tile_size: u32) -> Result<Vec<(u32, u32)>> {
-    let error = |reason: String| ProcessorError::Pinpoints { value: value.to_string(), reason };
-    match value {
+    let error = |reason: String| ProcessorError::Pinpoints { value: limits::excerpt(value), reason };
+    let pinpoints: Vec<(u32, u32)> = match value {
         Value::String(s) if s.contains('x') => {
-            grid_range(s, tile_size).ok_or_else(|| error("expected \"(AxB),...,(CxD)\"".into()))
+            grid_range(s, tile_size).unwrap_or_else(|| Err(error("expected \"(AxB),...,(CxD)\"".into())))?
         }
         Value::String(s) => serde_json::from_str(&s.replace('(', "[").replace(')', "]"))
-            .map_err(|e| error(format!("not a list of (width, height) pairs: {e}"))),
-        list @ Value::Array(_) => {
-            serde_json::from_value(list.clone()).map_err(|e| error(format!("not a list of [width, height] pairs: {e}")))
+            .map_err(|e| error(format!("not a list of (width, height) pairs: {e}")))?,
+        list @ Value::Array(items) => {
+            limits::check_count(items.len() as u64)?;
+            serde_json::from_value(list.clone())
+                .map_err(|e| error(format!("not a list of [width, height] pairs: {e}")))?
         }
-        _ => Err(error("expected a list or a string".into())),
-    }
+        _ => return Err(error("expected a list or a string".into())),
+    };
+    limits::check_count(pinpoints.len() as u64)?;
+    Ok(pinpoints)
 }
 
-/// `"(1x1),...,(3x3)"` → all `(i * tile, j * tile)`, `i` outer, between the first and last `(AxB)`.
-fn grid_range(s: &str, tile: u32) -> Option<Vec<(u32, u32)>> {
+/// `"(1x1),...,(3x3)"` → all `(i * tile, j * tile)`, `i` outer, between the first and last `(AxB)`;
+/// `None` if malformed, an error if beyond the limits.
+fn grid_range(s: &str, tile: u32) -> Option<Result<Vec<(u32, u32)>>> {
     let mut pairs = s.split('(').skip(1).map(|part| {
         let (a, b) = part.split_once(')')?.0.split_once('x')?;
         Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?))
     });
     let first = pairs.next()??;
     let last = pairs.last().unwrap_or(Some(first))?;
+    if let Err(e) = limits::check_grid_range(first, last, tile) {
+        return Some(Err(e));
+    }
     let pinpoints = (first.0..=last.0).flat_map(|i| (first.1..=last.1).map(move |j| (i * tile, j * tile)));
-    Some(pinpoints.collect())
+    Some(Ok(pinpoints.collect()))
 }
 
 /// Upstream `select_best_resolution`: the pinpoint that keeps the most pixels of an image of

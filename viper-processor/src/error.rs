@@ -32,6 +32,33 @@ pub enum ProcessorError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The path is not a regular file (a FIFO, a device, a directory); it was not opened for reading.
+    #[error(transparent)]
+    File(viper_io::FileError),
+    /// The encoded image is larger than allowed ([`ImageLoader::max_bytes`](crate::ImageLoader::max_bytes));
+    /// nothing was decoded.
+    #[error("{origin}: {bytes} bytes of encoded image or more, beyond the limit of {max_bytes} bytes")]
+    TooManyBytes {
+        /// The input.
+        origin: Origin,
+        /// Its size (for a file that grows while read, what was read before the limit was passed).
+        bytes: u64,
+        /// The limit in force.
+        max_bytes: u64,
+    },
+    /// The header declares a width or height beyond
+    /// [`ImageLoader::max_dimension`](crate::ImageLoader::max_dimension); nothing was decoded.
+    #[error("{origin}: {width}x{height} image is beyond the limit of {max_dimension} pixels per side")]
+    DimensionTooLarge {
+        /// The input.
+        origin: Origin,
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+        /// The limit in force.
+        max_dimension: u32,
+    },
     /// The input holds no bytes at all.
     #[error("{origin}: empty input, no image data")]
     Empty {
@@ -85,6 +112,17 @@ pub enum ProcessorError {
         value: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// A configuration value is beyond what this crate accepts; checked before anything is allocated
+    /// for it.
+    #[error("{field} is {value}, beyond the limit of {limit}")]
+    Limit {
+        /// What is limited, e.g. "the number of image_grid_pinpoints".
+        field: &'static str,
+        /// The value found (for a range of pinpoints, the number it would expand to).
+        value: u64,
+        /// The limit.
+        limit: u64,
     },
     /// The preprocessing configuration is inconsistent or asks for something this crate does not do.
     #[error("invalid preprocessing configuration: {0}")]

@@ -32,14 +32,16 @@
 mod anyres;
 mod decode;
 mod error;
+mod limits;
 mod processor;
 mod resample;
 
 pub use anyres::{
     divide_to_patches, parse_pinpoints, resize_and_pad, select_best_resolution, AnyResGeometry, Placement, Unpad,
 };
-pub use decode::{ImageLoader, DEFAULT_MAX_PIXELS};
+pub use decode::{ImageLoader, DEFAULT_MAX_BYTES, DEFAULT_MAX_DIMENSION, DEFAULT_MAX_PIXELS};
 pub use error::{Origin, ProcessorError, Result};
 pub use image::RgbImage;
+pub use limits::{MAX_PINPOINTS, MAX_PINPOINT_SIDE};
 pub use processor::{AnyResConfig, EdgeSizes, PreprocessorConfig, ProcessedImage, Processor, CLIP_MEAN, CLIP_STD};
 pub use resample::resize_bicubic;

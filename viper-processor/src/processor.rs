@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::anyres::{divide_to_patches, parse_pinpoints, resize_and_pad, AnyResGeometry};
 use crate::error::{Origin, ProcessorError, Result};
+use crate::limits;
 use crate::resample::resize_bicubic;
 
 /// CLIP's `image_mean`.
@@ -124,11 +125,14 @@ impl PreprocessorConfig {
     /// `preprocessor_config.json` of a CLIP tower folder, or CLIP's values when the folder has none.
     pub fn from_tower_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("preprocessor_config.json");
-        if !path.is_file() {
+        // `exists`, not `is_file`: a FIFO or a device in its place is an error, not CLIP's defaults.
+        if !path.exists() {
             return Ok(Self::default());
         }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| ProcessorError::Io { origin: Origin::File(path.clone()), source })?;
+        let text = viper_io::read_capped_to_string(&path, viper_io::MAX_CONFIG_BYTES).map_err(|e| match e {
+            viper_io::FileError::Io { source, .. } => ProcessorError::Io { origin: Origin::File(path.clone()), source },
+            other => ProcessorError::File(other),
+        })?;
         serde_json::from_str(&text).map_err(|e| ProcessorError::Config(format!("{}: {e}", path.display())))
     }
 }
@@ -164,7 +168,9 @@ impl Processor {
     /// tower's `image_size` = `tile_size` pixels cut into `patch_size` patches.
     ///
     /// Fails if `tile_size` is not a positive multiple of `patch_size`, a pinpoint is not a positive
-    /// multiple of `tile_size`, or the preprocessor's `size` / `crop_size` differ from `tile_size`.
+    /// multiple of `tile_size`, or the preprocessor's `size` / `crop_size` differ from `tile_size`; and
+    /// with [`ProcessorError::Limit`] for more than [`MAX_PINPOINTS`](crate::MAX_PINPOINTS) pinpoints or
+    /// a side beyond [`MAX_PINPOINT_SIDE`](crate::MAX_PINPOINT_SIDE).
     pub fn new(
         pinpoints: Vec<(u32, u32)>,
         tile_size: u32,
@@ -180,6 +186,8 @@ impl Processor {
         if pinpoints.is_empty() {
             return Err(ProcessorError::Pinpoints { value: value(), reason: "empty list".into() });
         }
+        limits::check_count(pinpoints.len() as u64)?;
+        pinpoints.iter().try_for_each(|&(w, h)| limits::check_side(w.max(h).into()))?;
         if let Some((w, h)) =
             pinpoints.iter().find(|&&(w, h)| w == 0 || h == 0 || w % tile_size != 0 || h % tile_size != 0)
         {

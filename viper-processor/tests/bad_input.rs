@@ -81,10 +81,10 @@ fn zero_sized_images() {
 
 #[test]
 fn pixel_limit_is_checked_from_the_header() {
-    let small = ImageLoader { max_pixels: 29 * 17 - 1 };
+    let small = ImageLoader { max_pixels: 29 * 17 - 1, ..Default::default() };
     let err = small.open(fixture("decode/rgb.png")).unwrap_err();
     assert!(matches!(err, ProcessorError::TooManyPixels { width: 29, height: 17, max_pixels: 492, .. }), "{err}");
-    assert!(ImageLoader { max_pixels: 29 * 17 }.open(fixture("decode/rgb.png")).is_ok());
+    assert!(ImageLoader { max_pixels: 29 * 17, ..Default::default() }.open(fixture("decode/rgb.png")).is_ok());
 
     // Headers claiming gigapixels over a few bytes of data are refused before decoding.
     let err = ImageLoader::default().open(fixture("bad/bomb.png")).unwrap_err();
@@ -107,4 +107,90 @@ fn one_pixel_wide_and_high_images_work() {
         assert_eq!(out.pixel_values.len(), out.shape.iter().product::<usize>());
     }
     assert_eq!(processor.geometry((1, 841)).unwrap().best_resolution, (56, 56));
+}
+
+/// Every prefix of the fixture JPEGs that cuts into their scan data fails as in Pillow 10.4 ("image
+/// file is truncated"), down to a missing end marker; data cut short but ended by an EOI decodes, as
+/// in Pillow.
+#[test]
+fn truncated_jpegs_fail_like_pillow() {
+    for name in ["rgb.jpg", "grey.jpg"] {
+        let bytes = std::fs::read(fixture(&format!("decode/{name}"))).unwrap();
+        assert!(ImageLoader::default().decode(&bytes).is_ok(), "{name}");
+        let sos = bytes.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        for cut in sos..bytes.len() {
+            match ImageLoader::default().decode(&bytes[..cut]) {
+                Err(ProcessorError::Decode { format, source, .. }) => {
+                    assert_eq!(format, "Jpeg");
+                    assert!(
+                        cut < sos + 14 || source.to_string().contains("truncated"),
+                        "{name} cut at {cut}: {source}"
+                    );
+                }
+                other => panic!("{name} cut at {cut}: {other:?}"),
+            }
+        }
+        let mut repaired = bytes[..(sos + bytes.len()) / 2].to_vec();
+        repaired.extend([0xFF, 0xD9]);
+        assert!(ImageLoader::default().decode(&repaired).is_ok(), "{name} cut then ended by EOI");
+    }
+}
+
+#[test]
+fn byte_and_dimension_limits() {
+    let png = std::fs::read(fixture("decode/rgb.png")).unwrap();
+    let small = ImageLoader { max_bytes: png.len() as u64 - 1, ..Default::default() };
+    let err = small.decode(&png).unwrap_err();
+    assert!(matches!(err, ProcessorError::TooManyBytes { origin: Origin::Memory, .. }), "{err}");
+    let err = small.open(fixture("decode/rgb.png")).unwrap_err();
+    assert!(
+        matches!(&err, ProcessorError::TooManyBytes { max_bytes, .. } if *max_bytes == png.len() as u64 - 1),
+        "{err}"
+    );
+    let narrow = ImageLoader { max_dimension: 28, ..Default::default() };
+    let err = narrow.open(fixture("decode/rgb.png")).unwrap_err();
+    assert!(matches!(err, ProcessorError::DimensionTooLarge { width: 29, height: 17, max_dimension: 28, .. }), "{err}");
+    assert!(ImageLoader { max_dimension: 29, ..Default::default() }.open(fixture("decode/rgb.png")).is_ok());
+}
+
+#[cfg(unix)]
+#[test]
+fn fifos_and_devices_are_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("cat.png");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let err = ImageLoader::default().open(&fifo).unwrap_err();
+    assert!(matches!(err, ProcessorError::File(viper_io::FileError::NotAFile { .. })), "{err}");
+    let err = ImageLoader::default().open("/dev/zero").unwrap_err();
+    assert!(matches!(err, ProcessorError::File(viper_io::FileError::NotAFile { .. })), "{err}");
+}
+
+/// Every prefix of every decode fixture that Pillow 10.4 refuses (`truncation.json`, written by
+/// `tests/generator/gen_truncation.py`) is refused here too: no truncated image decodes silently.
+#[test]
+fn truncated_prefixes_fail_like_pillow() {
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("truncation.json")).unwrap()).unwrap();
+    let mut stricter = 0;
+    for (name, entry) in table.as_object().unwrap() {
+        let bytes = std::fs::read(fixture(&format!("decode/{name}"))).unwrap();
+        assert_eq!(entry["len"].as_u64(), Some(bytes.len() as u64), "{name}: regenerate truncation.json");
+        let accepts = |cut: usize| {
+            entry["pillow_accepts"].as_array().unwrap().iter().any(|r| {
+                let (a, b) = (r[0].as_u64().unwrap() as usize, r[1].as_u64().unwrap() as usize);
+                (a..=b).contains(&cut)
+            })
+        };
+        for cut in 1..=bytes.len() {
+            let ours = ImageLoader::default().decode(&bytes[..cut]);
+            match (accepts(cut), ours) {
+                (false, Ok(_)) => panic!("{name} cut to {cut} of {} bytes decodes; Pillow refuses it", bytes.len()),
+                (true, Err(_)) => stricter += 1,
+                _ => {}
+            }
+        }
+    }
+    // Refused here, decoded by Pillow: PNGs missing their IEND, BMPs missing the last row's padding,
+    // a JPEG missing only its EOI (see `ImageLoader`).
+    assert!(stricter < 250, "{stricter}");
 }

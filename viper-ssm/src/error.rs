@@ -25,12 +25,38 @@ pub enum LmError {
         /// What serde said, with the line and column.
         reason: String,
     },
+    /// `config.json` is not a regular file (a FIFO, a device such as `/dev/zero`) or is beyond its size
+    /// cap; it was not read.
+    #[error(transparent)]
+    File(viper_io::FileError),
+    /// A size in `config.json` is outside the range accepted
+    /// ([`CONFIG_LIMITS`](crate::limits::CONFIG_LIMITS)); checked before the config is used.
+    #[error("config field `{field}` is {value}, outside the supported range {min}..={max}")]
+    ConfigLimit {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// Smallest value accepted.
+        min: u64,
+        /// Largest value accepted.
+        max: u64,
+    },
     /// `config.json` parses but describes no working model.
     #[error("invalid config: {0}")]
     Config(String),
     /// Weights could not be read or do not fit the config.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+}
+
+impl From<viper_io::FileError> for LmError {
+    fn from(e: viper_io::FileError) -> Self {
+        match e {
+            viper_io::FileError::Io { path, source } => LmError::Io { path, source },
+            other => LmError::File(other),
+        }
+    }
 }
 
 impl From<ConfigError> for LmError {

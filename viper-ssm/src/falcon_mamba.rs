@@ -71,11 +71,14 @@ pub struct FalconMambaConfig {
 }
 
 impl FalconMambaConfig {
-    /// Reads `config.json`.
+    /// Reads `config.json` (a regular file of at most [`viper_io::MAX_CONFIG_BYTES`], its sizes within
+    /// [`CONFIG_LIMITS`](crate::limits::CONFIG_LIMITS)).
     pub fn from_file(path: &Path) -> Result<Self, LmError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LmError::Io { path: path.to_path_buf(), source })?;
-        let c: Self = serde_json::from_str(&text)
-            .map_err(|e| LmError::ConfigParse { path: path.to_path_buf(), reason: e.to_string() })?;
+        let text = viper_io::read_capped_to_string(path, viper_io::MAX_CONFIG_BYTES)?;
+        let parse = |e: serde_json::Error| LmError::ConfigParse { path: path.to_path_buf(), reason: e.to_string() };
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(parse)?;
+        crate::limits::check_config_limits(&json)?;
+        let c: Self = serde_json::from_value(json).map_err(parse)?;
         c.validate()?;
         Ok(c)
     }

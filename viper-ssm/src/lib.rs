@@ -19,6 +19,7 @@ pub mod error;
 pub mod falcon_mamba;
 #[cfg(feature = "cube")]
 pub mod kernels;
+pub mod limits;
 pub mod lm;
 pub mod mixer;
 pub mod norm;

@@ -10,6 +10,10 @@ use serde::Deserialize;
 
 use crate::error::{Result, VisionError};
 pub use crate::hub::CLIP_VIT_LARGE_PATCH14_336;
+/// Upper limits of the sizes [`ClipVisionConfig::validate`] checks, in its order: `hidden_size`,
+/// `intermediate_size`, `num_hidden_layers`, `num_attention_heads`, `num_channels`, `image_size`,
+/// `patch_size` (published towers: 1024, 4096, 24, 16, 3, 336, 14).
+pub const CLIP_MAX_SIZES: [usize; 7] = [65_536, 1 << 20, 1024, 4096, 16, 4096, 4096];
 
 /// transformers' `CLIPVisionConfig`: the keys inference needs, others ignored.
 ///
@@ -88,8 +92,10 @@ impl ClipVisionConfig {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let origin = path.display().to_string();
-        let text =
-            std::fs::read_to_string(path).map_err(|source| VisionError::Io { path: path.to_path_buf(), source })?;
+        let text = viper_io::read_capped_to_string(path, viper_io::MAX_CONFIG_BYTES).map_err(|e| match e {
+            viper_io::FileError::Io { path, source } => VisionError::Io { path, source },
+            other => VisionError::File(other),
+        })?;
         let value = serde_json::from_str(&text)
             .map_err(|e| VisionError::ConfigParse { origin: origin.clone(), reason: e.to_string() })?;
         Self::parse(&value, &origin)
@@ -114,8 +120,9 @@ impl ClipVisionConfig {
         Ok(config)
     }
 
-    /// Rejects configs that describe no working tower: zero sizes, a width not divisible by the heads,
-    /// an image not divisible into patches, a non-positive eps, an unsupported activation.
+    /// Rejects configs that describe no working tower: zero sizes or sizes beyond [`CLIP_MAX_SIZES`], a
+    /// width not divisible by the heads, an image not divisible into patches, a non-positive eps, an
+    /// unsupported activation.
     pub fn validate(&self) -> Result<()> {
         let sizes = [
             ("hidden_size", self.hidden_size),
@@ -128,6 +135,14 @@ impl ClipVisionConfig {
         ];
         if let Some((field, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(VisionError::InvalidConfig { field, reason: "must be positive, got 0".into() });
+        }
+        if let Some((field, value, limit)) =
+            sizes.iter().zip(CLIP_MAX_SIZES).map(|(&(f, v), max)| (f, v, max)).find(|&(_, v, max)| v > max)
+        {
+            return Err(VisionError::InvalidConfig {
+                field,
+                reason: format!("{value} is beyond the limit of {limit}"),
+            });
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(VisionError::InvalidConfig {

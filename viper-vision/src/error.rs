@@ -15,6 +15,9 @@ pub enum VisionError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A config file is not a regular file (a FIFO, a device) or is beyond its size cap; it was not read.
+    #[error(transparent)]
+    File(viper_io::FileError),
     /// A config does not parse: not JSON, a field of the wrong type, a negative size.
     #[error("{origin}: {reason}")]
     ConfigParse {

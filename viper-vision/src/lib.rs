@@ -47,7 +47,9 @@ pub mod projector;
 pub use clip::{
     vision_model_prefix, ClipAttention, ClipEncoder, ClipEncoderLayer, ClipMlp, ClipVisionEmbeddings, ClipVisionTower,
 };
-pub use config::{Activation, ClipVisionConfig, FeatureSelect, SelectFeature, CLIP_VIT_LARGE_PATCH14_336};
+pub use config::{
+    Activation, ClipVisionConfig, FeatureSelect, SelectFeature, CLIP_MAX_SIZES, CLIP_VIT_LARGE_PATCH14_336,
+};
 pub use error::{Result, VisionError};
 pub use merge::spatial_unpad_merge;
 pub use projector::{MmProjector, ProjectorType};

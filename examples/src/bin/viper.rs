@@ -104,11 +104,12 @@ struct GenerateArgs {
     /// The question.
     #[arg(long)]
     prompt: String,
-    /// Write input_ids, inputs_embeds_len, generated_ids, text and last_logits as JSON.
+    /// Write input_ids, inputs_embeds_len, generated_ids, text and last_logits as JSON (atomically:
+    /// the old file or the whole new one, whenever the run stops).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Write pixel_values, clip_features, projected_features, image_features, inputs_embeds
-    /// to DIR/tensors.safetensors.
+    /// to DIR/tensors.safetensors (atomically).
     #[arg(long)]
     dump: Option<PathBuf>,
 }
@@ -242,10 +243,25 @@ fn open_images(paths: &[PathBuf]) -> Result<Vec<viper_processor::RgbImage>> {
     paths.iter().map(|p| loader.open(p).context("cannot open image")).collect()
 }
 
+/// Checks the `--json` and `--dump` outputs before any work starts: each must be writable, and
+/// neither may name a directory where a file goes (`--dump DIR` is created if missing).
+fn check_outputs(args: &GenerateArgs) -> Result<()> {
+    if let Some(path) = &args.json {
+        viper_io::check_output_file(path).context("--json")?;
+    }
+    if let Some(dir) = &args.dump {
+        std::fs::create_dir_all(dir).with_context(|| format!("--dump: creating {}", dir.display()))?;
+        viper_io::check_output_file(&dir.join(DUMP_FILE)).context("--dump")?;
+    }
+    Ok(())
+}
+
 fn generate<B: SsmBackend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
+    check_outputs(args)?;
+    let images = open_images(&args.common.images)?;
     let viper = load::<B>(&args.common, device)?;
     let config = generation_config(&viper, &args.common);
-    let conversation = Viper::<B>::conversation(&args.prompt, open_images(&args.common.images)?);
+    let conversation = Viper::<B>::conversation(&args.prompt, images);
 
     let request = Instant::now();
     let bar = spinner("encoding images and prompt");
@@ -287,7 +303,7 @@ fn generate<B: SsmBackend>(args: &GenerateArgs, device: &B::Device) -> Result<()
             "last_logits": generation.prompt_logits,
             "stats": stats_json(&viper, &generation.stats),
         });
-        std::fs::write(path, serde_json::to_vec(&json)?).with_context(|| format!("writing {}", path.display()))?;
+        viper_io::write_atomic(path, &serde_json::to_vec(&json)?)?;
     }
     if let Some(dir) = &args.dump {
         dump(&prepared, dir)?;
@@ -317,9 +333,11 @@ fn stats_json<B: SsmBackend>(viper: &Viper<B>, stats: &viper_model::GenerationSt
 /// Shape and little-endian f32 bytes of a dumped tensor.
 type Dumped = (Vec<usize>, Vec<u8>);
 
-/// Writes the image path's intermediate tensors (f32) to `dir/tensors.safetensors`.
+/// The file `--dump DIR` writes.
+const DUMP_FILE: &str = "tensors.safetensors";
+
+/// Writes the image path's intermediate tensors (f32) to `dir/tensors.safetensors` (atomically).
 fn dump<B: SsmBackend>(prepared: &PreparedPrompt<B>, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Dumped> {
         let shape = t.dims().to_vec();
         let values: Vec<f32> = t.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -343,8 +361,8 @@ fn dump<B: SsmBackend>(prepared: &PreparedPrompt<B>, dir: &Path) -> Result<()> {
             Ok((name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)?))
         })
         .collect::<Result<Vec<_>>>()?;
-    let path = dir.join("tensors.safetensors");
-    safetensors::serialize_to_file(views, None, &path).with_context(|| format!("writing {}", path.display()))?;
+    let path = dir.join(DUMP_FILE);
+    viper_io::write_atomic(&path, &safetensors::serialize(views, None)?)?;
     Ok(())
 }
 
