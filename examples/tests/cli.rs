@@ -275,3 +275,38 @@ fn outputs_are_written_atomically() {
     assert_eq!(names(out.path()).len(), 2, "{:?}", names(out.path()));
     assert_eq!(names(&dump).len(), 1, "{:?}", names(&dump));
 }
+
+/// `viper chat --json` keeps one object per turn; a follow-up without an image encodes no image and
+/// prefills only its own positions (issue 15 item 4: the answer is kept as ids, not re-encoded text).
+#[test]
+fn chat_turns_in_json() {
+    use std::io::Write;
+    let dir = reference("mamba-s1");
+    let image = dir.join("images/image_97x61.png");
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("chat.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_viper"))
+        .args(["chat", "--model", dir.to_str().unwrap(), "--max-new-tokens", "3", "--ignore-eos"])
+        .args(["--json", json.to_str().unwrap()])
+        .env("RUST_LOG", "error")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let script = format!("/image {}\nWhat is this?\nAnd the colours?\n\n", image.display());
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let result = child.wait_with_output().unwrap();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let turns: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let turns = turns.as_array().unwrap();
+    assert_eq!(turns.len(), 2, "{turns:?}");
+    assert_eq!(turns[0]["images"], 1);
+    assert_eq!(turns[0]["stats"]["images"], 1);
+    assert_eq!(turns[1]["images"], 0);
+    assert_eq!(turns[1]["stats"]["images"], 0, "the follow-up encoded an image again: {}", turns[1]);
+    assert_eq!(turns[1]["generated_ids"].as_array().unwrap().len(), 3);
+    let first = turns[0]["stats"]["prefill_positions"].as_u64().unwrap();
+    let second = turns[1]["stats"]["prefill_positions"].as_u64().unwrap();
+    assert!(second > 0 && second < first, "follow-up prefilled {second} positions, the first turn {first}");
+}

@@ -31,7 +31,7 @@ enum Command {
     /// Answer one question about zero or more images.
     Generate(GenerateArgs),
     /// An interactive multi-turn conversation (the model's state is kept between turns).
-    Chat(CommonArgs),
+    Chat(ChatArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -114,6 +114,16 @@ struct GenerateArgs {
     dump: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// After each answer, rewrite FILE (atomically) with a JSON array of the turns so far: question,
+    /// images, generated_ids, text and stats.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     match run(Cli::parse()) {
@@ -141,7 +151,7 @@ fn one_line(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> Result<()> {
     let common = match &cli.command {
         Command::Generate(g) => &g.common,
-        Command::Chat(c) => c,
+        Command::Chat(c) => &c.common,
     };
     match common.backend {
         BackendKind::Ndarray => {
@@ -366,7 +376,12 @@ fn dump<B: SsmBackend>(prepared: &PreparedPrompt<B>, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn chat<B: SsmBackend>(args: &CommonArgs, device: &B::Device) -> Result<()> {
+fn chat<B: SsmBackend>(chat_args: &ChatArgs, device: &B::Device) -> Result<()> {
+    let args = &chat_args.common;
+    if let Some(path) = &chat_args.json {
+        viper_io::check_output_file(path).context("--json")?;
+    }
+    let mut turns = Vec::new();
     let viper = load::<B>(args, device)?;
     let config = generation_config(&viper, args);
     let mut session = viper.chat(None);
@@ -393,6 +408,7 @@ fn chat<B: SsmBackend>(args: &CommonArgs, device: &B::Device) -> Result<()> {
         }
         let bar = spinner("thinking");
         let mut first = true;
+        let attached = images.len();
         let result = session.ask(line, std::mem::take(&mut images), &config, |piece| {
             if first {
                 bar.finish_and_clear();
@@ -404,8 +420,21 @@ fn chat<B: SsmBackend>(args: &CommonArgs, device: &B::Device) -> Result<()> {
         bar.finish_and_clear();
         println!();
         match result {
-            Ok(generation) if args.stats => print_stats(&viper, &generation.stats),
-            Ok(_) => {}
+            Ok(generation) => {
+                if args.stats {
+                    print_stats(&viper, &generation.stats);
+                }
+                if let Some(path) = &chat_args.json {
+                    turns.push(serde_json::json!({
+                        "question": line,
+                        "images": attached,
+                        "generated_ids": generation.ids,
+                        "text": generation.text,
+                        "stats": stats_json(&viper, &generation.stats),
+                    }));
+                    viper_io::write_atomic(path, &serde_json::to_vec(&turns)?)?;
+                }
+            }
             Err(e) => eprintln!("error: {}", one_line(&e.into())),
         }
     }
