@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes a full-size Viper-Mamba-7B-shaped checkpoint directory with random bf16 weights, in the published
-layout (docs/spec.md §9.1 and §9.3), for the end-to-end benchmark (`examples/e2e/run.sh`).
+layout (docs/spec.md §9.1 and §9.3), for the end-to-end benchmark (`examples/e2e/run.py`).
 
 The layout: 4 safetensors shards + `model.safetensors.index.json`, `config.json` with the `mm_*` keys, AnyRes
 pinpoints up to 2352×2352 (x·y ≤ 49 tiles of 336), the CLIP ViT-L/14-336 tower unfrozen inside the checkpoint
