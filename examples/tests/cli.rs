@@ -179,6 +179,45 @@ fn stats_in_json_and_on_stderr() {
     }
 }
 
+/// `viper chat --stats`: each turn encodes only its own image, and the follow-up prefills only its
+/// new positions (no system prompt again, so fewer than the first turn with the same image).
+#[test]
+fn chat_follow_ups_prefill_only_the_new_turn() {
+    use std::io::Write as _;
+    let dir = reference("mamba-s1");
+    let image = dir.join("images/image_97x61.png");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_viper"))
+        .args(["chat", "--model", dir.to_str().unwrap(), "--image", image.to_str().unwrap()])
+        .args(["--max-new-tokens", "3", "--ignore-eos", "--stats"])
+        .env("RUST_LOG", "error")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let script = format!("What is this?\n/image {}\nAnd this?\n\n", image.display());
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let result = child.wait_with_output().unwrap();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    let figure = |stage: &str, unit: &str| -> Vec<u64> {
+        stderr
+            .lines()
+            .filter(|l| l.starts_with(stage))
+            .map(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                let at = words.iter().position(|w| *w == unit).unwrap_or_else(|| panic!("no {unit} in {l:?}"));
+                words[at - 1].parse().unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(figure("preprocess", "image(s)"), [1, 1], "{stderr}");
+    let crops = figure("vision", "crop(s)");
+    assert!(crops.len() == 2 && crops[0] == crops[1], "{stderr}");
+    let prefill = figure("prefill", "position(s)");
+    assert!(prefill.len() == 2 && prefill[1] < prefill[0], "{stderr}");
+}
+
 /// Runs the CLI, failing the test if it has not exited within `BOUND` (a FIFO must not block it).
 fn viper_bounded(args: &[&str]) -> Output {
     const BOUND: std::time::Duration = std::time::Duration::from_secs(120);
