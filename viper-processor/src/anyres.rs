@@ -3,12 +3,12 @@
 
 use std::ops::Range;
 
-use image::{imageops, RgbImage};
+use image::RgbImage;
 use serde_json::Value;
 
 use crate::error::{Origin, ProcessorError, Result};
 use crate::limits;
-use crate::resample::resize_bicubic;
+use crate::resample::resize_or_borrow;
 
 /// Parse `image_grid_pinpoints` from a model config into `(width, height)` pairs, in list order.
 ///
@@ -104,22 +104,37 @@ impl Placement {
 /// it on a black `target` canvas.
 pub fn resize_and_pad(image: &RgbImage, target: (u32, u32)) -> RgbImage {
     let placement = Placement::new(image.dimensions(), target);
-    let resized = resize_bicubic(image, placement.size.0, placement.size.1);
+    let resized = resize_or_borrow(image, placement.size.0, placement.size.1);
     let mut canvas = RgbImage::new(target.0, target.1);
-    let (x, y) = placement.offset;
-    imageops::replace(&mut canvas, &resized, x.into(), y.into());
+    let (x, y) = (placement.offset.0 as usize * 3, placement.offset.1 as usize);
+    let (src_row, dst_row) = (resized.width() as usize * 3, target.0 as usize * 3);
+    if src_row > 0 {
+        let rows = canvas.chunks_exact_mut(dst_row).skip(y).zip(resized.chunks_exact(src_row));
+        rows.for_each(|(dst, src)| dst[x..x + src_row].copy_from_slice(src));
+    }
     canvas
 }
 
 /// Upstream `divide_to_patches`: `size`x`size` tiles, row-major (tile `row * cols + col`). The image
-/// sides must be multiples of `size` (they are for pinpoints accepted by
-/// [`Processor::new`](crate::Processor::new)).
+/// sides should be multiples of `size` (they are for pinpoints accepted by
+/// [`Processor::new`](crate::Processor::new)); otherwise the last column and row of tiles are cut short
+/// at the image's edge. `size` 0 gives no tiles.
 pub fn divide_to_patches(image: &RgbImage, size: u32) -> Vec<RgbImage> {
     let (w, h) = image.dimensions();
+    if size == 0 {
+        return Vec::new();
+    }
     (0..h)
         .step_by(size as usize)
         .flat_map(|y| (0..w).step_by(size as usize).map(move |x| (x, y)))
-        .map(|(x, y)| imageops::crop_imm(image, x, y, size, size).to_image())
+        .map(|(x, y)| {
+            // Clamped to the image like `crop_imm`, should a side not be a multiple of `size`.
+            let (tw, th) = (size.min(w - x), size.min(h - y));
+            let row = w as usize * 3;
+            let rows = image.as_raw()[y as usize * row..].chunks(row).take(th as usize);
+            let tile = rows.flat_map(|r| &r[x as usize * 3..(x + tw) as usize * 3]).copied().collect();
+            RgbImage::from_raw(tw, th, tile).expect("tw * th * 3 bytes")
+        })
         .collect()
 }
 

@@ -11,6 +11,9 @@
 //! 5. base image = the original resized to `S`x`S`; crops = `[base] + tiles`;
 //! 6. CLIP rescale + normalise → `(1 + tiles, 3, S, S)` f32 ([`ProcessedImage`]).
 //!
+//! `process` does 3–6 without building the padded canvas or the tiles (it reads the tiles' pixels from
+//! the resized image), in parallel on rayon's pool, with the same output bits on any number of threads.
+//!
 //! [`AnyResGeometry`] carries what the `spatial_unpad` merge needs (grid, [`Unpad`] ranges, token count)
 //! and is available without pixels through [`Processor::geometry`]; it is computed here once per image
 //! and `viper-vision`'s merge consumes it as it is.
