@@ -148,7 +148,7 @@ fn jamba(dev: &Dev, report: &mut Report) {
         report.row([name.to_string(), format!("{:.3} ms", t * 1e3)]);
     }
 
-    // MoE: the whole block vs its two experts' compute alone = what dispatch (routing, gather/scatter, the prefill's group sizes) costs.
+    // MoE: the whole block vs its experts' compute alone = what dispatch (routing, gather/scatter) costs.
     let FeedForward::Moe(moe) = &stack[1].feed_forward else { unreachable!("layer 1 is MoE") };
     report.text("");
     report.header(&[
