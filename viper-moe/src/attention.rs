@@ -1,22 +1,69 @@
 //! Jamba attention (docs/spec.md §7.3): grouped-query heads, causal, **no positional encoding**, KV cache. The
-//! four projections go through [`viper_ssm::linear`].
+//! four projections go through [`viper_ssm::linear`], the scores through Burn's fused `attention`.
 
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
-use burn::tensor::FloatDType;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use viper_checkpoint::{Result, Weights};
 use viper_ssm::{linear, SsmBackend};
 
 use crate::config::JambaConfig;
 
-/// Keys and values of all positions seen so far, `[b, kv_heads, T, head_dim]` each.
+/// Positions the KV cache grows by when full ([`JambaAttention::kv_block`]'s default).
+pub const KV_BLOCK: usize = 256;
+
+/// Keys and values of all positions seen so far, `[b, kv_heads, capacity, head_dim]` each, of which the
+/// first `len` positions are filled. Grown by whole blocks, so a decode step writes one position in place
+/// instead of concatenating the whole cache.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     /// Cached keys.
     pub k: Tensor<B, 4>,
     /// Cached values.
     pub v: Tensor<B, 4>,
+    /// Filled positions.
+    pub len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Positions the cache holds without growing.
+    pub fn capacity(&self) -> usize {
+        self.k.dims()[2]
+    }
+
+    /// Writes `k`, `v` (`[b, kv_heads, l, hd]`) after the filled positions, first growing the capacity to
+    /// the next multiple of `block` if they do not fit; returns the filled prefixes (views).
+    fn append(
+        cache: &mut Option<Self>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        block: usize,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, kv, l, hd] = k.dims();
+        let grow = |t: Option<Tensor<B, 4>>, len: usize, like: &Tensor<B, 4>| {
+            let cap = t.as_ref().map_or(0, |t| t.dims()[2]);
+            let need = (len + l).next_multiple_of(block.max(1));
+            let extra = Tensor::zeros([b, kv, need.saturating_sub(cap), hd], (&like.device(), like.dtype()));
+            match t {
+                Some(t) if cap >= len + l => t,
+                Some(t) => Tensor::cat(vec![t, extra], 2),
+                None => extra,
+            }
+        };
+        let (ck, cv, len) = match cache.take() {
+            Some(c) => (Some(c.k), Some(c.v), c.len),
+            None => (None, None, 0),
+        };
+        let (ck, cv) = (grow(ck, len, &k), grow(cv, len, &v));
+        // The cache owns the only handles here, so the write may happen in place.
+        let at = [0..b, 0..kv, len..len + l, 0..hd];
+        let (ck, cv) = (ck.slice_assign(at.clone(), k), cv.slice_assign(at, v));
+        let t = len + l;
+        let filled = (ck.clone().narrow(2, 0, t), cv.clone().narrow(2, 0, t));
+        *cache = Some(Self { k: ck, v: cv, len: t });
+        filled
+    }
 }
 
 /// `self_attn.{q,k,v,o}_proj`, no biases.
@@ -36,6 +83,9 @@ pub struct JambaAttention<B: Backend> {
     /// Key/value heads.
     #[module(skip)]
     pub kv_heads: usize,
+    /// Positions the KV cache grows by ([`KV_BLOCK`] when loaded).
+    #[module(skip)]
+    pub kv_block: usize,
 }
 
 impl<B: SsmBackend> JambaAttention<B> {
@@ -49,10 +99,15 @@ impl<B: SsmBackend> JambaAttention<B> {
             o_proj: w.linear("o_proj", c.num_attention_heads * hd, h, false, device)?,
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
+            kv_block: KV_BLOCK,
         })
     }
 
     /// Attends `x` (`[b, l, H]`) to the cached positions and itself, appending its keys and values.
+    ///
+    /// Through Burn's fused `attention` (scale `1/√hd`, docs/spec.md §7.3): a decode token sees every
+    /// cached position, so it runs unmasked with each KV head's query group as its rows (no repeated K/V);
+    /// a longer input runs causal (aligned to the last key) over K/V repeated to the query heads.
     pub fn forward(&self, x: Tensor<B, 3>, cache: &mut Option<KvCache<B>>) -> Tensor<B, 3> {
         let [b, l, _] = x.dims();
         let hd = self.q_proj.weight.dims()[1] / self.heads;
@@ -60,35 +115,21 @@ impl<B: SsmBackend> JambaAttention<B> {
         let q = split(linear(&self.q_proj, x.clone()), self.heads); // (b, heads, l, hd)
         let k = split(linear(&self.k_proj, x.clone()), self.kv_heads); // (b, kv, l, hd)
         let v = split(linear(&self.v_proj, x), self.kv_heads);
-        let (k, v) = match cache.take() {
-            Some(c) => (Tensor::cat(vec![c.k, k], 2), Tensor::cat(vec![c.v, v], 2)),
-            None => (k, v),
-        };
-        *cache = Some(KvCache { k: k.clone(), v: v.clone() });
+        let (k, v) = KvCache::append(cache, k, v, self.kv_block);
         let t = k.dims()[2];
 
         // GQA: query head h reads kv head h / group (transformers' `repeat_kv`).
         let group = self.heads / self.kv_heads;
-        let repeat = |t4: Tensor<B, 4>| {
-            t4.unsqueeze_dim::<5>(2).expand([b, self.kv_heads, group, t, hd]).reshape([b, self.heads, t, hd])
-        };
-        let (k, v) = (repeat(k), repeat(v));
-
-        // Scores and softmax in f32 (eager attention's `softmax(dtype=float32)`).
-        let scale = (hd as f64).powf(-0.5);
-        let scores = q.cast(FloatDType::F32).matmul(k.cast(FloatDType::F32).swap_dims(2, 3)) * scale; // (b, heads, l, t)
-        let scores = if l > 1 {
-            // Query i sits at absolute position t - l + i and sees keys 0..=t - l + i.
-            let device = scores.device();
-            let rows = Tensor::<B, 1, Int>::arange(0..l as i64, &device).reshape([l, 1]) + (t - l) as i64;
-            let cols = Tensor::<B, 1, Int>::arange(0..t as i64, &device).reshape([1, t]);
-            let future = cols.greater(rows).reshape([1, 1, l, t]).expand([b, self.heads, l, t]);
-            scores.mask_fill(future, f32::NEG_INFINITY)
+        let out = if l == 1 {
+            let q = q.reshape([b, self.kv_heads, group, hd]);
+            attention(q, k, v, None, None, AttentionModuleOptions::default()).reshape([b, self.heads, 1, hd])
         } else {
-            scores
+            let repeat = |t4: Tensor<B, 4>| {
+                t4.unsqueeze_dim::<5>(2).expand([b, self.kv_heads, group, t, hd]).reshape([b, self.heads, t, hd])
+            };
+            let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
+            attention(q, repeat(k), repeat(v), None, None, options)
         };
-        let probs = softmax(scores, 3).cast(v.dtype());
-        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, l, self.heads * hd]);
-        linear(&self.o_proj, out)
+        linear(&self.o_proj, out.swap_dims(1, 2).reshape([b, l, self.heads * hd]))
     }
 }

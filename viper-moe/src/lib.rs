@@ -1,8 +1,9 @@
 //! Jamba, the language side of Viper-Jamba-52B: Mamba layers (through `viper-ssm`), attention layers
 //! without positional encoding, and sparse mixture-of-experts feed-forwards, with a hybrid cache.
 //! [`JambaForCausalLM`] implements `viper-ssm`'s [`LanguageModel`] (re-exported here with [`Logits`]),
-//! loads its embeddings, final norm and `lm_head` through [`viper_ssm::LmLayout`], and runs every
-//! product through [`viper_ssm::linear`].
+//! loads its embeddings, final norm and `lm_head` through [`viper_ssm::LmLayout`], and runs its
+//! products through [`viper_ssm::linear`] (the decode step's expert products, gathered by id on the
+//! device, excepted: see [`SparseMoe::forward_routed`]).
 
 pub mod attention;
 pub mod config;

@@ -47,6 +47,12 @@ fn mlp(h: usize, f: usize, dev: &Dev) -> JambaMlp<B> {
     JambaMlp { gate_proj: linear(h, f, dev), up_proj: linear(h, f, dev), down_proj: linear(f, h, dev) }
 }
 
+/// `e` experts' `[d_out, d_in]` matrices stacked, as `SparseMoe` holds them.
+fn experts(e: usize, d_out: usize, d_in: usize, dev: &Dev) -> Param<Tensor<B, 3>> {
+    let w = Tensor::<B, 3>::random([e, d_out, d_in], Distribution::Normal(0.0, (d_in as f64).powf(-0.5)), dev);
+    Param::from_tensor(w.cast(FloatDType::BF16))
+}
+
 fn jamba_layer(c: &JambaConfig, i: usize, dev: &Dev) -> JambaDecoderLayer<B> {
     let (h, hd) = (c.hidden_size, c.head_dim());
     let (self_attn, mamba) = match c.layer_kind(i) {
@@ -58,6 +64,7 @@ fn jamba_layer(c: &JambaConfig, i: usize, dev: &Dev) -> JambaDecoderLayer<B> {
                 o_proj: linear(c.num_attention_heads * hd, h, dev),
                 heads: c.num_attention_heads,
                 kv_heads: c.num_key_value_heads,
+                kv_block: viper_moe::attention::KV_BLOCK,
             }),
             None,
         ),
@@ -67,7 +74,9 @@ fn jamba_layer(c: &JambaConfig, i: usize, dev: &Dev) -> JambaDecoderLayer<B> {
     let feed_forward = if c.is_moe(i) {
         FeedForward::Moe(SparseMoe {
             router: linear(h, c.num_experts, dev),
-            experts: (0..c.num_experts).map(|_| mlp(h, c.intermediate_size, dev)).collect(),
+            gate_proj: experts(c.num_experts, c.intermediate_size, h, dev),
+            up_proj: experts(c.num_experts, c.intermediate_size, h, dev),
+            down_proj: experts(c.num_experts, h, c.intermediate_size, dev),
             top_k: c.num_experts_per_tok,
         })
     } else {
@@ -139,7 +148,7 @@ fn jamba(dev: &Dev, report: &mut Report) {
         report.row([name.to_string(), format!("{:.3} ms", t * 1e3)]);
     }
 
-    // MoE: the whole block vs its two experts' compute alone = what dispatch (routing, host plan, gather/scatter) costs.
+    // MoE: the whole block vs its experts' compute alone = what dispatch (routing, gather/scatter) costs.
     let FeedForward::Moe(moe) = &stack[1].feed_forward else { unreachable!("layer 1 is MoE") };
     report.text("");
     report.header(&[
@@ -158,8 +167,9 @@ fn jamba(dev: &Dev, report: &mut Report) {
         let per_expert = (2 * tokens).div_ceil(16).max(1);
         let used = if tokens == 1 { 2 } else { 16 };
         let xe = bf16_input([1, per_expert, 4096], dev);
+        let experts: Vec<_> = (0..used).map(|e| moe.expert(e)).collect();
         let experts = time(dev, 3, 10, || {
-            for e in &moe.experts[..used] {
+            for e in &experts {
                 let _ = e.forward(xe.clone());
             }
         });
