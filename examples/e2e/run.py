@@ -16,6 +16,7 @@ Then the anchors of `../shared/baselines/anchor` (copy ceiling, mamba-ssm prefil
 table for BENCHMARKS.md. Steps run in priority order and are skipped once `--budget-s` is spent.
 
 Usage: python3 examples/e2e/run.py --viper BIN --out DIR [--checkpoint DIR] [--anchor DIR] [--budget-s S]
+       [--autotune LEVEL] [--only STEP,...] [--bench BIN]
 """
 import argparse
 import json
@@ -36,7 +37,11 @@ p.add_argument("--out", required=True)
 p.add_argument("--checkpoint", default="/tmp/viper-mamba-7b-random")
 p.add_argument("--anchor", default=None)
 p.add_argument("--budget-s", type=float, default=540)
+p.add_argument("--autotune", default=None, help="CUBECL_AUTOTUNE_LEVEL for the viper processes (minimal, balanced...)")
+p.add_argument("--only", default=None, help="comma-separated steps: cold_2352,chat,anchors,cold_text,cold_672x448,bench")
+p.add_argument("--bench", default=None, help="the release `bench` binary: its plain-backend decode, for the CLI's")
 args = p.parse_args()
+VIPER_ENV = dict(os.environ, **({"CUBECL_AUTOTUNE_LEVEL": args.autotune} if args.autotune else {}))
 os.makedirs(args.out, exist_ok=True)
 start = time.time()
 log = open(os.path.join(args.out, "e2e.jsonl"), "a")
@@ -88,7 +93,7 @@ def cold(name, images, prompt):
     for im in images:
         cmd += ["--image", im]
     t0 = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=VIPER_ENV)
     first = proc.stdout.read(1)
     t_first = time.time() - t0
     rest, err = proc.communicate(timeout=max(left(), 30))
@@ -108,7 +113,7 @@ def chat(images):
               f"/image {small}\nAnd this smaller one?\nSummarise what you saw.\n\n")
     t0 = time.time()
     proc = subprocess.run([args.viper, "chat", *common(), "--json", out], input=script.encode(),
-                          capture_output=True, timeout=max(left(), 30))
+                          capture_output=True, timeout=max(left(), 30), env=VIPER_ENV)
     if proc.returncode != 0 or not os.path.exists(out):
         emit(what="e2e", scenario="chat", error=proc.stderr.decode(errors="replace")[-2000:])
         return
@@ -129,16 +134,26 @@ def anchors():
                           capture_output=True, env=env, timeout=max(left(), 60))
     for line in proc.stdout.decode().splitlines():
         try:
-            emit(what="anchor", **json.loads(line))
+            emit(what="anchor", **{("anchor" if k == "what" else k): v for k, v in json.loads(line).items()})
         except json.JSONDecodeError:
             pass
     if proc.returncode != 0:
         emit(what="anchor", error=proc.stderr.decode(errors="replace")[-2000:])
 
 
+def bench():
+    """The library benchmark's decode on the same card, 64 layers, for the CLI's decode rate."""
+    if not args.bench:
+        return
+    report = os.path.join(args.out, "bench_decode.md")
+    proc = subprocess.run([args.bench, "decode", "--layers", "64", "--steps", "64", "--out", report],
+                          capture_output=True, text=True, timeout=max(left(), 30), env=VIPER_ENV)
+    emit(what="bench_decode", rc=proc.returncode, tail=(proc.stdout + proc.stderr)[-3000:])
+
+
 gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                      capture_output=True, text=True).stdout.strip()
-emit(what="env", gpu=gpu)
+emit(what="env", gpu=gpu, autotune=args.autotune)
 t0 = time.time()
 made = subprocess.run([sys.executable, os.path.join(HERE, "make_checkpoint.py"), args.checkpoint],
                       capture_output=True, text=True)
@@ -153,12 +168,16 @@ for path, (w, h, seed) in zip(imgs, [(2352, 2352, 1), (2352, 2352, 2), (672, 448
 emit(what="images_written", seconds=time.time() - t0)
 
 steps = [
-    ("cold 2352²", lambda: cold("cold_2352", [imgs[0]], "Describe the image.")),
-    ("chat", lambda: chat(imgs)),
     ("anchors", anchors),
-    ("cold text", lambda: cold("cold_text", [], "Write a story about a viper.")),
-    ("cold 672×448", lambda: cold("cold_672x448", [imgs[2]], "Describe the image.")),
+    ("cold_2352", lambda: cold("cold_2352", [imgs[0]], "Describe the image.")),
+    ("chat", lambda: chat(imgs)),
+    ("bench", bench),
+    ("cold_text", lambda: cold("cold_text", [], "Write a story about a viper.")),
+    ("cold_672x448", lambda: cold("cold_672x448", [imgs[2]], "Describe the image.")),
 ]
+if args.only:
+    wanted = args.only.split(",")
+    steps = [s for s in steps if s[0] in wanted]
 for name, step in steps:
     if left() < 45:
         emit(what="skipped", step=name, seconds_left=left())
