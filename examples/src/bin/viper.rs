@@ -126,6 +126,8 @@ struct ChatArgs {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    keep_compiled_kernels();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -133,6 +135,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Keeps CubeCL's compiled kernels on disk across processes. CubeCL compiles each kernel on first use
+/// and, unless `compilation.cache` is set, forgets them at exit: a first 2352² question compiled 163
+/// kernels in ≈ 220 s on an H200, and with the cache set the next process answered in 33 s, load
+/// included (BENCHMARKS.md, "The product path on the H200"). The cache goes where CubeCL keeps its
+/// autotune results (`target/` of the Cargo project around the working directory, else the user's
+/// cache directory); a `cubecl.toml` or `CUBECL_*` variable that sets it wins.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn keep_compiled_kernels() {
+    use cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
+    // Read as CubeCL would (file, then environment), then fill in the one default; nothing has read
+    // the config yet, so `set` cannot fail here.
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    if config.compilation.cache.is_none() {
+        config.compilation.cache = Some(CacheConfig::Target);
+    }
+    CubeClRuntimeConfig::set(config);
 }
 
 /// The error and its causes on one line, skipping causes whose text the message already holds
