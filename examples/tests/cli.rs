@@ -180,27 +180,35 @@ fn stats_in_json_and_on_stderr() {
     }
 }
 
-/// `viper chat --stats`: each turn encodes only its own image, and the follow-up prefills only its
-/// new positions (no system prompt again, so fewer than the first turn with the same image).
-#[test]
-fn chat_follow_ups_prefill_only_the_new_turn() {
+/// `viper chat` on mamba-s1 (3 tokens per answer, eos ignored) with `extra` flags, `script` on stdin;
+/// its stderr, once it has succeeded.
+fn chat(extra: &[&str], script: &str) -> String {
     use std::io::Write as _;
     let dir = reference("mamba-s1");
-    let image = dir.join("images/image_97x61.png");
     let mut child = Command::new(env!("CARGO_BIN_EXE_viper"))
-        .args(["chat", "--model", dir.to_str().unwrap(), "--image", image.to_str().unwrap()])
-        .args(["--max-new-tokens", "3", "--ignore-eos", "--stats"])
+        .args(["chat", "--model", dir.to_str().unwrap(), "--max-new-tokens", "3", "--ignore-eos"])
+        .args(extra)
         .env("RUST_LOG", "error")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("runs");
-    let script = format!("What is this?\n/image {}\nAnd this?\n\n", image.display());
     child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
     let result = child.wait_with_output().unwrap();
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
-    let stderr = String::from_utf8_lossy(&result.stderr);
+    let stderr = String::from_utf8_lossy(&result.stderr).to_string();
+    assert!(result.status.success(), "{stderr}");
+    stderr
+}
+
+/// `viper chat --stats`: each turn encodes only its own image, and the follow-up prefills only its
+/// new positions (no system prompt again, so fewer than the first turn with the same image).
+#[test]
+fn chat_follow_ups_prefill_only_the_new_turn() {
+    let dir = reference("mamba-s1");
+    let image = dir.join("images/image_97x61.png");
+    let script = format!("What is this?\n/image {}\nAnd this?\n\n", image.display());
+    let stderr = chat(&["--image", image.to_str().unwrap(), "--stats"], &script);
     let figure = |stage: &str, unit: &str| -> Vec<u64> {
         stderr
             .lines()
@@ -311,24 +319,13 @@ fn outputs_are_written_atomically() {
 /// prefills only its own positions (issue 15 item 4: the answer is kept as ids, not re-encoded text).
 #[test]
 fn chat_turns_in_json() {
-    use std::io::Write;
-    let dir = reference("mamba-s1");
-    let image = dir.join("images/image_97x61.png");
+    let image = reference("mamba-s1").join("images/image_97x61.png");
     let out = tempfile::tempdir().unwrap();
     let json = out.path().join("chat.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_viper"))
-        .args(["chat", "--model", dir.to_str().unwrap(), "--max-new-tokens", "3", "--ignore-eos"])
-        .args(["--json", json.to_str().unwrap()])
-        .env("RUST_LOG", "error")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("runs");
-    let script = format!("/image {}\nWhat is this?\nAnd the colours?\n\n", image.display());
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-    let result = child.wait_with_output().unwrap();
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    chat(
+        &["--json", json.to_str().unwrap()],
+        &format!("/image {}\nWhat is this?\nAnd the colours?\n\n", image.display()),
+    );
     let turns: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let turns = turns.as_array().unwrap();
     assert_eq!(turns.len(), 2, "{turns:?}");
