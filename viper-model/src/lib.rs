@@ -16,7 +16,7 @@ pub mod viper;
 pub use config::{FalconMambaConfig, LanguageConfig, LlavaConfig, ViperConfig};
 pub use error::{ModelError, Result};
 pub use falcon_mamba::{FalconMambaCache, FalconMambaForCausalLM};
-pub use generate::{generate, FinishReason, Generation, GenerationConfig};
+pub use generate::{generate, FinishReason, Generation, GenerationConfig, DECODE_BLOCK};
 pub use lm::{LanguageModel, Logits};
 pub use pipeline::{ChatSession, PreparedPrompt, Viper};
 pub use sampling::{Sampler, SamplingConfig};
