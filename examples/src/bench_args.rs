@@ -136,4 +136,18 @@ pub enum BenchModelsCommand {
     /// Jamba-1.5-Mini-shaped layers: decode per layer kind, MoE dispatch, an 8-layer stack (was
     /// `--skip-clip`).
     Jamba,
+    /// The whole Jamba-1.5-Mini-shaped causal LM (embedding, 32 layers, lm_head; random bf16 weights built on
+    /// the device, ≈ 104 GB): prefill of `--prompt` positions, then greedy decode with a host read of every
+    /// token, as `viper generate` does.
+    JambaFull {
+        /// Decoder layers (32 = Jamba-1.5-Mini; 8 = the anchor's one period).
+        #[arg(long, default_value_t = 32)]
+        layers: usize,
+        /// Prefill positions (9936 ≈ a 1344×1344 image and its prompt).
+        #[arg(long, default_value_t = 9936)]
+        prompt: usize,
+        /// Decode steps timed.
+        #[arg(long, default_value_t = 32)]
+        steps: usize,
+    },
 }

@@ -144,6 +144,21 @@ pub struct Checkpoint {
     keys: HashMap<String, usize>,
     /// keys handed out so far, to report unused tensors after loading
     used: Mutex<BTreeSet<String>>,
+    /// where loading spends its time, for [`Checkpoint::load_times`]
+    times: Mutex<LoadTimes>,
+}
+
+/// Where the tensors read so far spent their time: reading the mapped file and converting the elements
+/// (page faults included), and handing the data to the backend (`Tensor::from_data`: the copy to the
+/// device on GPU backends).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadTimes {
+    /// Reading and converting, seconds.
+    pub read_s: f64,
+    /// `Tensor::from_data`, seconds.
+    pub upload_s: f64,
+    /// Bytes read from the files.
+    pub bytes: u64,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -232,7 +247,7 @@ impl Checkpoint {
             shards.push(shard);
         }
         log::debug!("opened {} safetensors file(s) with {} tensors", shards.len(), keys.len());
-        Ok(Self { shards, keys, used: Mutex::new(BTreeSet::new()) })
+        Ok(Self { shards, keys, used: Mutex::new(BTreeSet::new()), times: Mutex::default() })
     }
 
     /// All tensor keys, sorted.
@@ -295,6 +310,11 @@ impl Checkpoint {
     /// A view of the whole checkpoint that converts floats as `options` says.
     pub fn weights(&self, options: LoadOptions) -> Weights<'_> {
         Weights { ckpt: self, prefix: String::new(), options }
+    }
+
+    /// The time spent so far reading tensors and handing them to the backend.
+    pub fn load_times(&self) -> LoadTimes {
+        *self.times.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Keys never read through a [`Weights`] view, optionally ignoring those matching `ignore`.
@@ -437,9 +457,16 @@ impl<'a> Weights<'a> {
             // The default float dtype of the device's policy, read off a scalar tensor.
             Tensor::<B, 1>::zeros([1], device).dtype()
         });
+        let start = std::time::Instant::now();
         let data = convert(&key, info.dtype, bytes, shape.to_vec(), target)?;
         self.ckpt.release(&key);
-        Ok(Tensor::from_data(data, (device, target)))
+        let read = start.elapsed();
+        let tensor = Tensor::from_data(data, (device, target));
+        let mut times = self.ckpt.times.lock().unwrap_or_else(|e| e.into_inner());
+        times.read_s += read.as_secs_f64();
+        times.upload_s += (start.elapsed() - read).as_secs_f64();
+        times.bytes += bytes.len() as u64;
+        Ok(tensor)
     }
 
     /// A causal LM's output head `{name}.weight` (`[vocab, hidden]`) when stored; otherwise, when

@@ -149,7 +149,15 @@ impl<B: SsmBackend> ViperModel<B> {
             .map(|m| m.shape.iter().product::<usize>() * m.dtype.bitsize() / 8)
             .sum::<usize>();
         let load_stats = LoadStats { seconds: start.elapsed().as_secs_f64(), bytes: bytes as u64 };
-        log::info!("loaded {:.2} GB in {:.2} s", bytes as f64 / 1e9, load_stats.seconds);
+        let times = ckpt.load_times();
+        log::info!(
+            "loaded {:.2} GB in {:.2} s: reading and converting {:.2} s, handing to the device {:.2} s ({:.2} GB read)",
+            bytes as f64 / 1e9,
+            load_stats.seconds,
+            times.read_s,
+            times.upload_s,
+            times.bytes as f64 / 1e9
+        );
         Ok(Self { config, language, vision, processor, options, device: device.clone(), load_stats })
     }
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use burn::module::Param;
-use burn::nn::Linear;
+use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution, FloatDType};
 use clap::Parser;
@@ -17,7 +17,8 @@ use viper_checkpoint::{Checkpoint, LoadOptions};
 use viper_examples::bench_args::{BenchModelsArgs, BenchModelsCommand};
 use viper_examples::timing::{self, Align, Report};
 use viper_moe::{
-    FeedForward, JambaAttention, JambaConfig, JambaDecoderLayer, JambaMlp, LayerCache, LayerKind, SparseMoe,
+    FeedForward, JambaAttention, JambaConfig, JambaDecoderLayer, JambaForCausalLM, JambaMlp, JambaModel, LanguageModel,
+    LayerCache, LayerKind, Logits, SparseMoe,
 };
 use viper_ssm::{MambaMixer, RmsNorm};
 use viper_vision::{ClipVisionConfig, ClipVisionTower, FeatureSelect, SelectFeature};
@@ -207,6 +208,78 @@ fn jamba(dev: &Dev, report: &mut Report) {
     ));
 }
 
+/// The whole causal LM through `LanguageModel::forward`, the path `viper` runs: prefill of `prompt`
+/// positions (logits of the last), then `steps` greedy tokens, each embedded from the id read back to the
+/// host (one device sync per token, as in `viper_model::generate`).
+fn jamba_full(dev: &Dev, report: &mut Report, layers: usize, prompt: usize, steps: usize) {
+    let c = jamba_config(layers);
+    eprintln!("building the {layers}-layer Jamba-1.5-Mini-shaped LM on the device");
+    let start = Instant::now();
+    let mut stack = Vec::with_capacity(layers);
+    for i in 0..layers {
+        stack.push(jamba_layer(&c, i, dev));
+        sync(dev); // the f32 draws of one layer are freed before the next
+    }
+    let embed = Tensor::<B, 2>::random([c.vocab_size, c.hidden_size], Distribution::Normal(0.0, 1.0), dev)
+        .cast(FloatDType::BF16);
+    let lm = JambaForCausalLM {
+        model: JambaModel {
+            embed_tokens: Embedding { weight: Param::from_tensor(embed) },
+            layers: stack,
+            final_layernorm: norm(c.hidden_size, c.rms_norm_eps, dev),
+        },
+        lm_head: linear(c.hidden_size, c.vocab_size, dev),
+        config: c.clone(),
+    };
+    sync(dev);
+    eprintln!("built in {:.1} s", start.elapsed().as_secs_f64());
+    let ids = |n: usize, seed: usize| -> Tensor<B, 2, Int> {
+        let v: Vec<i64> = (0..n).map(|j| ((j * 7919 + seed * 104729) % 60000) as i64).collect();
+        Tensor::from_data(TensorData::new(v, [1, n]), dev)
+    };
+    let read_id = |logits: Tensor<B, 3>| -> i64 {
+        let v: Vec<i64> = logits.argmax(2).into_data().convert::<i64>().into_vec().expect("argmax");
+        v[0]
+    };
+    // Warm-up at the timed sizes (kernels compiled and tuned), then the timed runs.
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    for rep in 0..3 {
+        let mut cache = lm.new_cache(1);
+        let t = Instant::now();
+        let mut id = read_id(lm.forward(lm.embed(ids(prompt, rep)), &mut cache, Logits::Last));
+        let p = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 0..steps {
+            let x = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![id], [1, 1]), dev);
+            id = read_id(lm.forward(lm.embed(x), &mut cache, Logits::Last));
+        }
+        let d = t.elapsed().as_secs_f64() / steps as f64;
+        eprintln!("run {rep}: prefill {:.1} ms, decode {:.2} ms/token", p * 1e3, d * 1e3);
+        if rep > 0 {
+            prefill.push(p);
+            decode.push(d);
+        }
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let (p, d) = (best(&prefill), best(&decode));
+    let reserved = <B as viper_ssm::SsmBackend>::device_memory_reserved(dev);
+    report.heading(format!(
+        "Jamba-1.5-Mini-shaped causal LM, {layers} layers (hidden 4096, 16 experts top-2, ffn 14336, GQA 32/8, \
+         vocab 65536, random bf16 built on the device)"
+    ));
+    report.header(&[("what", Align::Left), ("result", Align::Left)]);
+    report
+        .row([format!("prefill {prompt} positions"), format!("{:.1} ms ({:.0} tokens/s)", p * 1e3, prompt as f64 / p)]);
+    report.row([
+        format!("decode after the prefill, batch 1, host read per token ({steps} tokens)"),
+        format!("{:.2} ms/token ({:.1} tokens/s)", d * 1e3, 1.0 / d),
+    ]);
+    if let Some(bytes) = reserved {
+        report.row(["device memory reserved".to_string(), format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)]);
+    }
+}
+
 /// A random CLIP ViT-L/14-336 written as safetensors and loaded through the real loader (bf16).
 fn clip(dev: &Dev, report: &mut Report) {
     let c = ClipVisionConfig::clip_vit_large_patch14_336();
@@ -299,6 +372,44 @@ fn clip(dev: &Dev, report: &mut Report) {
         ]);
     }
     let _ = std::fs::remove_file(&path);
+
+    // Where one encoder layer spends its time at 50 crops: each product through Burn's matmul and through
+    // the projection entry point the language models use (cuBLAS on CUDA), the fused attention, the norms.
+    let layer = &tower.encoder.layers[0];
+    let (n, t, d) = (50, c.num_patches() + 1, c.hidden_size);
+    let x = bf16_input([n, t, d], dev);
+    let hidden = bf16_input([n, t, c.intermediate_size], dev);
+    let heads = c.num_attention_heads;
+    let q = bf16_input([n * heads, t, d / heads], dev).reshape([n, heads, t, d / heads]);
+    let attn = &layer.self_attn;
+    let mlp = &layer.mlp;
+    report.text("");
+    report.header(&[
+        ("one encoder layer, 50 crops", Align::Left),
+        ("Burn", Align::Left),
+        ("projection entry point (cuBLAS)", Align::Left),
+    ]);
+    let both = |name: &str, l: &Linear<B>, input: &Tensor<B, 3>, report: &mut Report| {
+        let burn = time(dev, 3, 10, || {
+            let _ = l.forward(input.clone());
+        });
+        let entry = time(dev, 3, 10, || {
+            let _ = viper_ssm::linear(l, input.clone());
+        });
+        report.row([name.to_string(), format!("{:.3} ms", burn * 1e3), format!("{:.3} ms", entry * 1e3)]);
+    };
+    both("q_proj (each of q, k, v, out)", &attn.q_proj, &x, report);
+    both("fc1", &mlp.fc1, &x, report);
+    both("fc2", &mlp.fc2, &hidden, report);
+    let options = burn::tensor::ops::AttentionModuleOptions::default();
+    let fused = time(dev, 3, 10, || {
+        let _ = burn::tensor::module::attention(q.clone(), q.clone(), q.clone(), None, None, options);
+    });
+    report.row(["attention (fused)".to_string(), format!("{:.3} ms", fused * 1e3), "–".to_string()]);
+    let norm = time(dev, 3, 10, || {
+        let _ = layer.layer_norm1.forward(x.clone());
+    });
+    report.row(["layer_norm".to_string(), format!("{:.3} ms", norm * 1e3), "–".to_string()]);
 }
 
 fn main() -> Result<()> {
@@ -310,6 +421,9 @@ fn main() -> Result<()> {
     }
     if matches!(args.command, BenchModelsCommand::All | BenchModelsCommand::Jamba) {
         jamba(&dev, &mut report);
+    }
+    if let BenchModelsCommand::JambaFull { layers, prompt, steps } = args.command {
+        jamba_full(&dev, &mut report, layers, prompt, steps);
     }
     println!("{}", report.markdown());
     report.save(args.out.as_deref(), args.json.as_deref())?;
