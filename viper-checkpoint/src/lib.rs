@@ -146,6 +146,33 @@ pub struct Checkpoint {
     used: Mutex<BTreeSet<String>>,
     /// where loading spends its time, for [`Checkpoint::load_times`]
     times: Mutex<LoadTimes>,
+    /// bytes handed to the backend so far, for a caller's progress display
+    progress: Option<LoadProgress>,
+}
+
+/// A shared counter of the bytes loaded so far and of the bytes to load, which a caller (a progress bar
+/// on another thread) polls while [`Weights::tensor`] advances it. Cloning shares the counters.
+#[derive(Debug, Clone, Default)]
+pub struct LoadProgress(std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>);
+
+impl LoadProgress {
+    /// Bytes read and handed to the backend so far.
+    pub fn loaded(&self) -> u64 {
+        self.0[0].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes of every tensor in the checkpoints attached so far (0 until one is attached).
+    pub fn total(&self) -> u64 {
+        self.0[1].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn add_loaded(&self, bytes: u64) {
+        self.0[0].fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn add_total(&self, bytes: u64) {
+        self.0[1].fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Where the tensors read so far spent their time: reading the mapped file and converting the elements
@@ -247,7 +274,7 @@ impl Checkpoint {
             shards.push(shard);
         }
         log::debug!("opened {} safetensors file(s) with {} tensors", shards.len(), keys.len());
-        Ok(Self { shards, keys, used: Mutex::new(BTreeSet::new()), times: Mutex::default() })
+        Ok(Self { shards, keys, used: Mutex::new(BTreeSet::new()), times: Mutex::default(), progress: None })
     }
 
     /// All tensor keys, sorted.
@@ -310,6 +337,23 @@ impl Checkpoint {
     /// A view of the whole checkpoint that converts floats as `options` says.
     pub fn weights(&self, options: LoadOptions) -> Weights<'_> {
         Weights { ckpt: self, prefix: String::new(), options }
+    }
+
+    /// Reports the bytes of every tensor read from now on to `progress`, and adds this checkpoint's
+    /// stored bytes to its total.
+    pub fn with_progress(mut self, progress: LoadProgress) -> Self {
+        progress.add_total(self.stored_bytes());
+        self.progress = Some(progress);
+        self
+    }
+
+    /// Bytes of every tensor stored in the checkpoint.
+    pub fn stored_bytes(&self) -> u64 {
+        self.shards
+            .iter()
+            .flat_map(|s| s.metadata.tensors().into_values())
+            .map(|info| (info.data_offsets.1 - info.data_offsets.0) as u64)
+            .sum()
     }
 
     /// The time spent so far reading tensors and handing them to the backend.
@@ -466,6 +510,9 @@ impl<'a> Weights<'a> {
         times.read_s += read.as_secs_f64();
         times.upload_s += (start.elapsed() - read).as_secs_f64();
         times.bytes += bytes.len() as u64;
+        if let Some(progress) = &self.ckpt.progress {
+            progress.add_loaded(bytes.len() as u64);
+        }
         Ok(tensor)
     }
 

@@ -23,5 +23,6 @@ pub use sampling::{Sampler, SamplingConfig};
 pub use stats::{GenerationStats, LoadStats};
 // What an app needs besides the backend type, so that `viper-model` is its one viper dependency.
 pub use viper::{ImageEncoding, Language, ViperCache, ViperLoadOptions, ViperModel, VisionSide};
+pub use viper_checkpoint::LoadProgress;
 pub use viper_processor::{ImageLoader, RgbImage};
 pub use viper_ssm::SsmBackend;

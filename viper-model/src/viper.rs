@@ -8,7 +8,7 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::{DType, FloatDType};
 use viper_chat_template::IMAGE_TOKEN_INDEX;
-use viper_checkpoint::{Checkpoint, LoadOptions};
+use viper_checkpoint::{Checkpoint, LoadOptions, LoadProgress};
 use viper_moe::{JambaCache, JambaForCausalLM};
 use viper_processor::{ProcessedImage, Processor};
 use viper_ssm::SsmBackend;
@@ -62,6 +62,8 @@ pub struct ViperLoadOptions {
     pub vision_tower: Option<PathBuf>,
     /// Refuse prompts longer than `tokenizer_model_max_length` instead of truncating them as upstream does.
     pub strict_context: bool,
+    /// Counts the bytes loaded (and to load) while [`ViperModel::load`] runs, for a progress display.
+    pub progress: Option<LoadProgress>,
 }
 
 /// The intermediate tensors of the image path, for inspection and parity checks.
@@ -111,7 +113,10 @@ impl<B: SsmBackend> ViperModel<B> {
             });
         }
         let config = ViperConfig::from_file(&dir.join("config.json"))?;
-        let ckpt = Checkpoint::open(dir)?;
+        let mut ckpt = Checkpoint::open(dir)?;
+        if let Some(progress) = &options.progress {
+            ckpt = ckpt.with_progress(progress.clone());
+        }
         let load = LoadOptions { dtype: options.dtype };
         log::info!("loading {} from {}", config.llava.model_type, dir.display());
         // The weights go to the backend's persistent memory pool: on CubeCL backends, allocations of
@@ -300,7 +305,10 @@ fn load_vision<B: SsmBackend>(
                     llava.mm_vision_tower.as_deref().unwrap_or("?")
                 ))
             })?;
-        external = Checkpoint::open(&path)?;
+        external = match &options.progress {
+            Some(progress) => Checkpoint::open(&path)?.with_progress(progress.clone()),
+            None => Checkpoint::open(&path)?,
+        };
         (&external, path)
     };
     let prefix = vision_model_prefix(tower_ckpt)?;

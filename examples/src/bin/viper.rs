@@ -233,6 +233,7 @@ fn hub_vision_tower(_: &Path) -> Result<Option<PathBuf>> {
 
 fn load<B: SsmBackend>(args: &CommonArgs, device: &B::Device) -> Result<Viper<B>> {
     let dir = resolve_model(&args.model)?;
+    let progress = viper_model::LoadProgress::default();
     let options = ViperLoadOptions {
         dtype: args.dtype.map(|d| match d {
             DtypeArg::F32 => FloatDType::F32,
@@ -244,11 +245,30 @@ fn load<B: SsmBackend>(args: &CommonArgs, device: &B::Device) -> Result<Viper<B>
             None => hub_vision_tower(&dir)?,
         },
         strict_context: args.strict_context,
+        progress: Some(progress.clone()),
     };
-    let bar = spinner(&format!("loading {}", dir.display()));
-    let viper = Viper::<B>::load(&dir, options, device).with_context(|| format!("loading {}", dir.display()))?;
+    // The bar follows the loader's byte counter from another thread (the library does not print).
+    let bar = ProgressBar::new(0).with_message(format!("loading {}", dir.display()));
+    bar.set_style(
+        ProgressStyle::with_template("{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} [{elapsed}]")
+            .expect("static template"),
+    );
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let (bar, done, progress) = (bar.clone(), done.clone(), progress.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                bar.set_length(progress.total());
+                bar.set_position(progress.loaded());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let viper = Viper::<B>::load(&dir, options, device).with_context(|| format!("loading {}", dir.display()));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = ticker.join();
     bar.finish_and_clear();
-    Ok(viper)
+    viper
 }
 
 fn generation_config<B: SsmBackend>(viper: &Viper<B>, args: &CommonArgs) -> GenerationConfig {
