@@ -91,6 +91,28 @@ fn batch_rows_are_independent() {
     assert!(rel_err(both.narrow(0, 1, 1), second) < 1e-6);
 }
 
+/// A server's batched decode: states of separate sequences stacked with `MambaState::cat`, stepped
+/// once, split back, give what each sequence's own step gives.
+#[test]
+fn a_batched_step_equals_the_steps_alone() {
+    for variant in [MambaVariant::FalconMamba { rms_eps: 1e-6 }, MambaVariant::Jamba { rms_eps: 1e-6 }] {
+        B::seed(&Default::default(), 5);
+        let m = MambaMixer::<B>::random(&config(variant), &Default::default());
+        let states: Vec<MambaState<B>> = (0..3).map(|_| random_state(&m, 1)).collect();
+        let x = Tensor::<B, 2>::random([3, 24], Distribution::Normal(0.0, 1.0), &Default::default());
+        let (y, state) = m.step(x.clone(), MambaState::cat(states.clone()));
+        assert_eq!(state.batch(), 3);
+        let parts = state.split(&[1, 1, 1]);
+        for (i, (alone, part)) in states.into_iter().zip(parts).enumerate() {
+            let (y1, s1) = m.step(x.clone().narrow(0, i, 1), alone);
+            let y_i = y.clone().narrow(0, i, 1);
+            assert!(rel_err(y_i.unsqueeze(), y1.unsqueeze()) < 1e-6, "{variant:?} output {i}");
+            assert!(rel_err(part.ssm, s1.ssm) < 1e-6, "{variant:?} ssm state {i}");
+            assert!(rel_err(part.conv, s1.conv) < 1e-6, "{variant:?} conv state {i}");
+        }
+    }
+}
+
 #[test]
 fn invalid_configs_are_rejected() {
     let mut c = config(MambaVariant::FalconMamba { rms_eps: 1e-6 });
