@@ -298,6 +298,11 @@ impl<'v, B: SsmBackend> Scheduler<'v, B> {
     }
 
     fn admit(&mut self, job: Job) {
+        if job.events.is_closed() {
+            // The client left while its request waited: nothing to encode.
+            Metrics::add(&self.metrics.cancelled, 1);
+            return;
+        }
         Metrics::add(&self.metrics.requests, 1);
         let events = job.events.clone();
         match self.prepare(job) {
@@ -348,6 +353,8 @@ impl<'v, B: SsmBackend> Scheduler<'v, B> {
                 if key.is_some() {
                     Metrics::add(&self.metrics.cache_misses, 1);
                 }
+                // The text alone may be too long already: refuse before the images are encoded.
+                self.check_context(ids.iter().filter(|&&id| id != IMAGE_TOKEN_INDEX).count())?;
                 let prepared = viper.embed_ids(&ids, &images).map_err(model_error)?;
                 let rows: Vec<usize> = prepared
                     .encoding

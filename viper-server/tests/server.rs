@@ -251,6 +251,18 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         let (status, bytes) = post_raw(&app, "/v1/chat/completions", body).await;
         assert_eq!(status, want, "{name}: {}", String::from_utf8_lossy(&bytes));
         let error: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("{name}: not JSON"));
+        let code = match name {
+            "beyond the context" => Some("context_length_exceeded"),
+            "image too large" => Some("image_too_large"),
+            "too many images" => Some("too_many_images"),
+            "remote url" => Some("remote_image_refused"),
+            "unknown part" => Some("unsupported_content_type"),
+            "bad base64" => Some("invalid_base64"),
+            _ => None,
+        };
+        if let Some(code) = code {
+            assert_eq!(error["error"]["code"], code, "{name}: {error}");
+        }
         assert!(error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: {error}");
         assert!(error["error"]["type"].is_string(), "{name}: {error}");
         // The server still answers.
