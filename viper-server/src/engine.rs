@@ -438,7 +438,8 @@ impl<'v, B: SsmBackend> Scheduler<'v, B> {
         }
     }
 
-    /// One chunk of the oldest prefilling sequence.
+    /// One chunk of the oldest prefilling sequence (`seqs` is in admission order: sequences are
+    /// removed with `remove`, never `swap_remove`, so a newer one cannot overtake and starve it).
     fn prefill_chunk(&mut self) {
         let chunk = self.config.prefill_chunk;
         let Some(i) = self.seqs.iter().position(|s| s.phase == Phase::Prefill) else { return };
@@ -587,7 +588,7 @@ impl<'v, B: SsmBackend> Scheduler<'v, B> {
 
     /// Sends the final text and the completion of sequence `i` and removes it.
     fn finish(&mut self, i: usize, finish: FinishReason) {
-        let seq = self.seqs.swap_remove(i);
+        let seq = self.seqs.remove(i);
         let tokenizer = &self.viper.tokenizer;
         let mut text = match tokenizer.decode(&seq.ids, true) {
             Ok(t) => t,
@@ -630,7 +631,7 @@ impl<'v, B: SsmBackend> Scheduler<'v, B> {
     }
 
     fn fail(&mut self, i: usize, e: ApiError) {
-        let seq = self.seqs.swap_remove(i);
+        let seq = self.seqs.remove(i);
         Metrics::add(&self.metrics.failed, 1);
         self.set_active();
         let _ = seq.events.send(Event::Error(e));
