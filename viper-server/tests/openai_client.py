@@ -16,6 +16,7 @@ import argparse
 import base64
 import concurrent.futures
 import json
+import os
 import pathlib
 import signal
 import statistics
@@ -39,7 +40,7 @@ def start(viper, model, extra):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env={"RUST_LOG": "error", "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "RUST_LOG": "error"},
     )
     found = {}
 
