@@ -444,6 +444,9 @@ pub struct RequestStats {
     pub total_ms: f64,
     /// The largest decode batch this sequence was stepped in.
     pub max_batch: usize,
+    /// Tokens the other sequences decoded while this one was prefilling (a long prefill does not
+    /// stall the decode batch: one chunk, then one decode step, per tick).
+    pub decoded_during_prefill: usize,
     /// The prompt's ids (with `return_token_ids`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub prompt_ids: Option<Vec<i64>>,

@@ -515,6 +515,9 @@ impl<'v, B: SsmBackend> Scheduler<'v, B> {
             }
             Metrics::add(&self.metrics.decode_steps, 1);
             Metrics::add(&self.metrics.decode_sequences, n as u64);
+            for seq in self.seqs.iter_mut().filter(|s| s.phase == Phase::Prefill) {
+                seq.stats.decoded_during_prefill += n;
+            }
             match host_logits(logits) {
                 Ok(all) => {
                     let v = all.len() / n;

@@ -398,3 +398,41 @@ async fn jamba_answers_equal_the_library_alone_and_together() {
     assert_eq!(again["viper_stats"]["cache_hit"], true, "{again}");
     assert_eq!(completion_ids(&again), want[0].1);
 }
+
+/// A long prefill runs in chunks between decode steps: a sequence that is decoding keeps producing
+/// tokens while another one's prompt is prefilled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_prefill_does_not_stall_decoding() {
+    let engine = engine("mamba-s1", EngineConfig { max_batch: 2, prefill_chunk: 8, ..EngineConfig::default() });
+    let app = app(&engine, HttpOptions::default());
+    let mut decoding = greedy(vec![user(Q3, &[])], 400);
+    decoding["stream"] = json!(true);
+    let first = {
+        let app = app.clone();
+        tokio::spawn(
+            async move { post_raw(&app, "/v1/chat/completions", serde_json::to_vec(&decoding).unwrap()).await },
+        )
+    };
+    // Once the first sequence decodes, a prompt of ≈ 137 positions (≈ 18 chunks of 8) arrives.
+    let start = Instant::now();
+    while get(&app, "/metrics")
+        .await
+        .1
+        .lines()
+        .all(|l| !l.starts_with("viper_generated_tokens_total ") || l.ends_with(" 0"))
+    {
+        assert!(start.elapsed() < BOUND, "the first request never decoded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, long) = post(&app, &greedy(vec![user(Q1, &[data_url("mamba-s1", "image_97x61.png")])], 2)).await;
+    assert_eq!(status, StatusCode::OK, "{long}");
+    let stats = &long["viper_stats"];
+    let chunks = stats["prefill_chunks"].as_u64().unwrap();
+    assert!(chunks >= 10, "{stats}");
+    // One decode step of the other sequence per tick of this prefill, but the last (if it finished).
+    let decoded = stats["decoded_during_prefill"].as_u64().unwrap();
+    assert!(decoded + 1 >= chunks || first.is_finished(), "{stats}");
+    assert!(decoded > 0, "{stats}");
+    let (status, _) = first.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
