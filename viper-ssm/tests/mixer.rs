@@ -8,6 +8,13 @@ use viper_ssm::{MambaConfig, MambaMixer, MambaState, MambaVariant};
 
 type B = NdArray;
 
+/// Tests that seed NdArray's process-wide generator and draw from it hold this, so that a parallel test
+/// does not draw between another's seed and its draws.
+fn seeded() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn rel_err(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f32 {
     let num = (a - b.clone()).abs().max().into_scalar();
     let den = b.abs().max().into_scalar();
@@ -38,6 +45,7 @@ fn random_state(m: &MambaMixer<B>, batch: usize) -> MambaState<B> {
 }
 
 fn check(variant: MambaVariant, seed: u64) {
+    let _rng = seeded();
     B::seed(&Default::default(), seed);
     let m = MambaMixer::<B>::random(&config(variant), &Default::default());
     let (b, l) = (3, 13);
@@ -83,6 +91,7 @@ fn plain_mamba_forward_equals_step() {
 
 #[test]
 fn batch_rows_are_independent() {
+    let _rng = seeded();
     B::seed(&Default::default(), 4);
     let m = MambaMixer::<B>::random(&config(MambaVariant::FalconMamba { rms_eps: 1e-6 }), &Default::default());
     let x = Tensor::<B, 3>::random([2, 9, 24], Distribution::Normal(0.0, 1.0), &Default::default());
@@ -95,6 +104,7 @@ fn batch_rows_are_independent() {
 /// once, split back, give what each sequence's own step gives.
 #[test]
 fn a_batched_step_equals_the_steps_alone() {
+    let _rng = seeded();
     for variant in [MambaVariant::FalconMamba { rms_eps: 1e-6 }, MambaVariant::Jamba { rms_eps: 1e-6 }] {
         B::seed(&Default::default(), 5);
         let m = MambaMixer::<B>::random(&config(variant), &Default::default());
@@ -128,6 +138,7 @@ fn invalid_configs_are_rejected() {
 
 #[test]
 fn random_as_gives_every_weight_the_dtype() {
+    let _rng = seeded();
     use burn::tensor::DType;
     let dev = Default::default();
     let c = config(MambaVariant::Jamba { rms_eps: 1e-6 });
