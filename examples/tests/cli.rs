@@ -338,3 +338,94 @@ fn chat_turns_in_json() {
     let second = turns[1]["stats"]["prefill_positions"].as_u64().unwrap();
     assert!(second > 0 && second < first, "follow-up prefilled {second} positions, the first turn {first}");
 }
+
+/// `viper serve --port 0`: logs the address it listens on, answers a chat completion over HTTP with
+/// the ids `viper generate` gives for the same question, and exits cleanly on SIGTERM.
+#[test]
+fn serve_answers_like_generate_and_stops_on_sigterm() {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    const BOUND: std::time::Duration = std::time::Duration::from_secs(120);
+    let dir = reference("mamba-s1");
+    let model = dir.to_str().unwrap();
+    let question = "What is shown here?";
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("out.json");
+    let generated = viper_bounded(&[
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        question,
+        "--max-new-tokens",
+        "5",
+        "--ignore-eos",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_viper"))
+        .args(["serve", "--model", model, "--port", "0", "--model-name", "tiny"])
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    // The address line, read on a thread so that a silent server fails the test instead of hanging it.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    let addr = match rx.recv_timeout(BOUND) {
+        Ok(addr) => addr,
+        Err(_) => {
+            child.kill().unwrap();
+            panic!("viper serve did not report its address within {BOUND:?}");
+        }
+    };
+    let body = serde_json::json!({
+        "model": "tiny",
+        "messages": [{ "role": "user", "content": question }],
+        "max_tokens": 5,
+        "ignore_eos": true,
+        "return_token_ids": true,
+    })
+    .to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{response}");
+    let got: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(got["model"], "tiny");
+    assert_eq!(got["viper_stats"]["prompt_ids"], want["input_ids"]);
+    assert_eq!(got["viper_stats"]["completion_ids"], want["generated_ids"]);
+    assert_eq!(got["choices"][0]["message"]["content"], want["text"]);
+
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > BOUND {
+            child.kill().unwrap();
+            panic!("viper serve did not stop on SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "viper serve exited with {status}");
+}

@@ -41,6 +41,44 @@ pub enum ViperCache<B: Backend> {
     Jamba(JambaCache<B>),
 }
 
+impl<B: Backend> ViperCache<B> {
+    /// Elements the cache's tensors hold (× the dtype's size: its bytes).
+    pub fn num_elements(&self) -> usize {
+        match self {
+            ViperCache::FalconMamba(c) => c.num_elements(),
+            ViperCache::Jamba(c) => c.num_elements(),
+        }
+    }
+
+    /// Whether caches of this family stack into one batch ([`cat`](Self::cat)): FalconMamba's do;
+    /// Jamba's KV caches of different lengths would need a padding mask, so they do not.
+    pub fn batches(&self) -> bool {
+        matches!(self, ViperCache::FalconMamba(_))
+    }
+
+    /// FalconMamba caches of separate sequences as one batch, in order, for one decode step over all
+    /// of them; `None` for an empty list or a Jamba cache (see [`batches`](Self::batches)).
+    pub fn cat(caches: Vec<Self>) -> Option<Self> {
+        let mut parts = Vec::with_capacity(caches.len());
+        for cache in caches {
+            match cache {
+                ViperCache::FalconMamba(c) => parts.push(c),
+                ViperCache::Jamba(_) => return None,
+            }
+        }
+        (!parts.is_empty()).then(|| ViperCache::FalconMamba(FalconMambaCache::cat(parts)))
+    }
+
+    /// The inverse of [`cat`](Self::cat): consecutive batches of `sizes` sequences.
+    pub fn split(self, sizes: &[usize]) -> Vec<Self> {
+        match self {
+            ViperCache::FalconMamba(c) => c.split(sizes).into_iter().map(ViperCache::FalconMamba).collect(),
+            ViperCache::Jamba(c) if sizes.len() == 1 => vec![ViperCache::Jamba(c)],
+            ViperCache::Jamba(_) => panic!("Jamba caches are not split: they are never stacked"),
+        }
+    }
+}
+
 /// CLIP tower, projector and `image_newline`.
 #[derive(Module, Debug)]
 pub struct VisionSide<B: Backend> {

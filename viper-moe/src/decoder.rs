@@ -65,6 +65,24 @@ pub struct JambaCache<B: Backend> {
     pub layers: Vec<LayerCache<B>>,
 }
 
+impl<B: Backend> JambaCache<B> {
+    /// Elements the cache holds: every Mamba layer's state and every attention layer's allocated
+    /// keys and values (the whole capacity, filled or not), for sizing caches of caches.
+    ///
+    /// Jamba caches are not stacked into batches: sequences with KV caches of different lengths would
+    /// need a padding mask in attention, so a server steps them one by one.
+    pub fn num_elements(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|layer| match layer {
+                LayerCache::Attention(None) => 0,
+                LayerCache::Attention(Some(kv)) => kv.k.shape().num_elements() + kv.v.shape().num_elements(),
+                LayerCache::Mamba(state) => state.num_elements(),
+            })
+            .sum()
+    }
+}
+
 impl<B: SsmBackend> JambaDecoderLayer<B> {
     fn load(c: &JambaConfig, i: usize, w: &Weights, device: &B::Device) -> Result<Self> {
         let (h, eps) = (c.hidden_size, c.rms_norm_eps);

@@ -160,6 +160,43 @@ pub struct FalconMambaCache<B: Backend> {
     pub layers: Vec<MambaState<B>>,
 }
 
+impl<B: Backend> FalconMambaCache<B> {
+    /// Sequences in this cache (its batch size).
+    pub fn batch(&self) -> usize {
+        self.layers.first().map_or(0, MambaState::batch)
+    }
+
+    /// Several caches as one batch, stacked along the batch dimension in order, so that one
+    /// [`forward`](LanguageModel::forward) steps all their sequences ([`MambaState::cat`] per layer).
+    /// Panics on an empty list.
+    pub fn cat(caches: Vec<Self>) -> Self {
+        let depth = caches.first().map_or(0, |c| c.layers.len());
+        let mut per_layer: Vec<Vec<MambaState<B>>> = (0..depth).map(|_| Vec::with_capacity(caches.len())).collect();
+        for cache in caches {
+            for (layer, state) in per_layer.iter_mut().zip(cache.layers) {
+                layer.push(state);
+            }
+        }
+        Self { layers: per_layer.into_iter().map(MambaState::cat).collect() }
+    }
+
+    /// The inverse of [`cat`](Self::cat): consecutive batches of `sizes` sequences.
+    pub fn split(self, sizes: &[usize]) -> Vec<Self> {
+        let mut out: Vec<Self> = sizes.iter().map(|_| Self { layers: Vec::new() }).collect();
+        for state in self.layers {
+            for (cache, part) in out.iter_mut().zip(state.split(sizes)) {
+                cache.layers.push(part);
+            }
+        }
+        out
+    }
+
+    /// Elements held by all layers' states.
+    pub fn num_elements(&self) -> usize {
+        self.layers.iter().map(MambaState::num_elements).sum()
+    }
+}
+
 /// Where FalconMamba's shared parts sit.
 const LAYOUT: LmLayout =
     LmLayout { family: "FalconMamba", backbone: "backbone.", embeddings: "embeddings", final_norm: "norm_f" };

@@ -28,6 +28,38 @@ impl<B: Backend> MambaState<B> {
             ssm: Tensor::zeros([batch, config.d_inner, config.d_state], (device, dtype)),
         }
     }
+
+    /// Sequences in this state (its batch size).
+    pub fn batch(&self) -> usize {
+        self.conv.dims()[0]
+    }
+
+    /// The states of several batches as one, stacked along the batch dimension in order (a server
+    /// steps many sequences together). Panics on an empty list.
+    pub fn cat(states: Vec<Self>) -> Self {
+        let (conv, ssm): (Vec<_>, Vec<_>) = states.into_iter().map(|s| (s.conv, s.ssm)).unzip();
+        Self { conv: Tensor::cat(conv, 0), ssm: Tensor::cat(ssm, 0) }
+    }
+
+    /// The inverse of [`cat`](Self::cat): consecutive batches of `sizes` sequences (which must sum to
+    /// [`batch`](Self::batch)).
+    pub fn split(self, sizes: &[usize]) -> Vec<Self> {
+        let mut start = 0;
+        sizes
+            .iter()
+            .map(|&n| {
+                let part =
+                    Self { conv: self.conv.clone().narrow(0, start, n), ssm: self.ssm.clone().narrow(0, start, n) };
+                start += n;
+                part
+            })
+            .collect()
+    }
+
+    /// Elements held (conv window and SSM state), for sizing caches of states.
+    pub fn num_elements(&self) -> usize {
+        self.conv.shape().num_elements() + self.ssm.shape().num_elements()
+    }
 }
 
 /// Learned dt/B/C norms of the Jamba variant.

@@ -8,6 +8,13 @@ use viper_ssm::{MambaConfig, MambaMixer, MambaState, MambaVariant};
 
 type B = NdArray;
 
+/// Tests that seed NdArray's process-wide generator and draw from it hold this, so that a parallel test
+/// does not draw between another's seed and its draws.
+fn seeded() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn rel_err(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f32 {
     let num = (a - b.clone()).abs().max().into_scalar();
     let den = b.abs().max().into_scalar();
@@ -38,6 +45,7 @@ fn random_state(m: &MambaMixer<B>, batch: usize) -> MambaState<B> {
 }
 
 fn check(variant: MambaVariant, seed: u64) {
+    let _rng = seeded();
     B::seed(&Default::default(), seed);
     let m = MambaMixer::<B>::random(&config(variant), &Default::default());
     let (b, l) = (3, 13);
@@ -83,12 +91,36 @@ fn plain_mamba_forward_equals_step() {
 
 #[test]
 fn batch_rows_are_independent() {
+    let _rng = seeded();
     B::seed(&Default::default(), 4);
     let m = MambaMixer::<B>::random(&config(MambaVariant::FalconMamba { rms_eps: 1e-6 }), &Default::default());
     let x = Tensor::<B, 3>::random([2, 9, 24], Distribution::Normal(0.0, 1.0), &Default::default());
     let (both, _) = m.forward(x.clone(), None);
     let (second, _) = m.forward(x.narrow(0, 1, 1), None);
     assert!(rel_err(both.narrow(0, 1, 1), second) < 1e-6);
+}
+
+/// A server's batched decode: states of separate sequences stacked with `MambaState::cat`, stepped
+/// once, split back, give what each sequence's own step gives.
+#[test]
+fn a_batched_step_equals_the_steps_alone() {
+    let _rng = seeded();
+    for variant in [MambaVariant::FalconMamba { rms_eps: 1e-6 }, MambaVariant::Jamba { rms_eps: 1e-6 }] {
+        B::seed(&Default::default(), 5);
+        let m = MambaMixer::<B>::random(&config(variant), &Default::default());
+        let states: Vec<MambaState<B>> = (0..3).map(|_| random_state(&m, 1)).collect();
+        let x = Tensor::<B, 2>::random([3, 24], Distribution::Normal(0.0, 1.0), &Default::default());
+        let (y, state) = m.step(x.clone(), MambaState::cat(states.clone()));
+        assert_eq!(state.batch(), 3);
+        let parts = state.split(&[1, 1, 1]);
+        for (i, (alone, part)) in states.into_iter().zip(parts).enumerate() {
+            let (y1, s1) = m.step(x.clone().narrow(0, i, 1), alone);
+            let y_i = y.clone().narrow(0, i, 1);
+            assert!(rel_err(y_i.unsqueeze(), y1.unsqueeze()) < 1e-6, "{variant:?} output {i}");
+            assert!(rel_err(part.ssm, s1.ssm) < 1e-6, "{variant:?} ssm state {i}");
+            assert!(rel_err(part.conv, s1.conv) < 1e-6, "{variant:?} conv state {i}");
+        }
+    }
 }
 
 #[test]
@@ -106,6 +138,7 @@ fn invalid_configs_are_rejected() {
 
 #[test]
 fn random_as_gives_every_weight_the_dtype() {
+    let _rng = seeded();
     use burn::tensor::DType;
     let dev = Default::default();
     let c = config(MambaVariant::Jamba { rms_eps: 1e-6 });

@@ -3,6 +3,7 @@
 //! ```text
 //! viper generate --model DIR --image PATH --prompt TEXT [--max-new-tokens N] [--json OUT] [--dump DIR]
 //! viper chat --model DIR [--image PATH]
+//! viper serve --model DIR [--host 127.0.0.1] [--port 8080] [--max-batch N] [--state-cache-mb M] [--queue N]
 //! ```
 
 use std::io::{BufRead, Write};
@@ -32,6 +33,8 @@ enum Command {
     Generate(GenerateArgs),
     /// An interactive multi-turn conversation (the model's state is kept between turns).
     Chat(ChatArgs),
+    /// An OpenAI-compatible HTTP server (`/v1/chat/completions`, `/v1/models`, `/health`, `/metrics`).
+    Serve(ServeArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -124,6 +127,50 @@ struct ChatArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    /// Checkpoint directory (or, with the `hub` feature, a HuggingFace hub id).
+    #[arg(long)]
+    model: String,
+    /// The model id `/v1/models` lists and responses carry (default: the directory's name).
+    #[arg(long)]
+    model_name: Option<String>,
+    /// A CLIP checkpoint for a frozen vision tower that is not stored in the Viper checkpoint.
+    #[arg(long)]
+    vision_tower: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "ndarray")]
+    backend: BackendKind,
+    /// Weight float type on the device (default: f32).
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// 0 picks a free port (the address is logged).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Most sequences decoded together.
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
+    /// Requests that may wait for a slot (beyond: 503).
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    /// Budget of the state cache (model states kept after an image prefix), MiB; 0 turns it off.
+    #[arg(long, default_value_t = 1024)]
+    state_cache_mb: usize,
+    /// Most positions one prefill chunk runs (a long prompt is prefilled over several scheduler ticks).
+    #[arg(long, default_value_t = 512)]
+    prefill_chunk: usize,
+    /// Largest request body, MiB.
+    #[arg(long, default_value_t = 64)]
+    max_body_mb: usize,
+    /// Most images per request.
+    #[arg(long, default_value_t = 4)]
+    max_images: usize,
+    /// `max_tokens` of requests that give none.
+    #[arg(long, default_value_t = 512)]
+    default_max_tokens: usize,
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     #[cfg(any(feature = "cuda", feature = "wgpu"))]
@@ -169,13 +216,14 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let common = match &cli.command {
-        Command::Generate(g) => &g.common,
-        Command::Chat(c) => &c.common,
+    let (backend, dtype) = match &cli.command {
+        Command::Generate(g) => (g.common.backend, g.common.dtype),
+        Command::Chat(c) => (c.common.backend, c.common.dtype),
+        Command::Serve(s) => (s.backend, s.dtype),
     };
-    match common.backend {
+    match backend {
         BackendKind::Ndarray => {
-            if matches!(common.dtype, Some(DtypeArg::F16 | DtypeArg::Bf16)) {
+            if matches!(dtype, Some(DtypeArg::F16 | DtypeArg::Bf16)) {
                 bail!("the ndarray backend computes in f32 only: drop --dtype or pick --backend wgpu/cuda");
             }
             dispatch::<burn::backend::NdArray>(&cli, Default::default())
@@ -193,6 +241,7 @@ fn dispatch<B: SsmBackend>(cli: &Cli, device: B::Device) -> Result<()> {
     match &cli.command {
         Command::Generate(args) => generate::<B>(args, &device),
         Command::Chat(args) => chat::<B>(args, &device),
+        Command::Serve(args) => serve::<B>(args, device),
     }
 }
 
@@ -231,43 +280,72 @@ fn hub_vision_tower(_: &Path) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
-fn load<B: SsmBackend>(args: &CommonArgs, device: &B::Device) -> Result<Viper<B>> {
-    let dir = resolve_model(&args.model)?;
-    let progress = viper_model::LoadProgress::default();
-    let options = ViperLoadOptions {
-        dtype: args.dtype.map(|d| match d {
+fn load_options(
+    dir: &Path,
+    dtype: Option<DtypeArg>,
+    vision_tower: Option<&PathBuf>,
+    strict_context: bool,
+) -> Result<ViperLoadOptions> {
+    Ok(ViperLoadOptions {
+        dtype: dtype.map(|d| match d {
             DtypeArg::F32 => FloatDType::F32,
             DtypeArg::F16 => FloatDType::F16,
             DtypeArg::Bf16 => FloatDType::BF16,
         }),
-        vision_tower: match &args.vision_tower {
+        vision_tower: match vision_tower {
             Some(path) => Some(path.clone()),
-            None => hub_vision_tower(&dir)?,
+            None => hub_vision_tower(dir)?,
         },
-        strict_context: args.strict_context,
-        progress: Some(progress.clone()),
-    };
-    // The bar follows the loader's byte counter from another thread (the library does not print).
-    let bar = ProgressBar::new(0).with_message(format!("loading {}", dir.display()));
-    bar.set_style(
-        ProgressStyle::with_template("{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} [{elapsed}]")
-            .expect("static template"),
-    );
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let ticker = {
-        let (bar, done, progress) = (bar.clone(), done.clone(), progress.clone());
-        std::thread::spawn(move || {
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                bar.set_length(progress.total());
-                bar.set_position(progress.loaded());
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
+        strict_context,
+        progress: None,
+    })
+}
+
+/// A progress bar in bytes over a load: it follows the loader's byte counter from another thread (the
+/// library does not print).
+struct LoadBar {
+    bar: ProgressBar,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ticker: std::thread::JoinHandle<()>,
+}
+
+impl LoadBar {
+    /// Attaches a fresh counter to `options` and starts drawing it.
+    fn start(dir: &Path, options: &mut ViperLoadOptions) -> Self {
+        let progress = viper_model::LoadProgress::default();
+        options.progress = Some(progress.clone());
+        let bar = ProgressBar::new(0).with_message(format!("loading {}", dir.display()));
+        bar.set_style(
+            ProgressStyle::with_template("{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} [{elapsed}]")
+                .expect("static template"),
+        );
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ticker = {
+            let (bar, done) = (bar.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    bar.set_length(progress.total());
+                    bar.set_position(progress.loaded());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        Self { bar, done, ticker }
+    }
+
+    fn finish(self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.ticker.join();
+        self.bar.finish_and_clear();
+    }
+}
+
+fn load<B: SsmBackend>(args: &CommonArgs, device: &B::Device) -> Result<Viper<B>> {
+    let dir = resolve_model(&args.model)?;
+    let mut options = load_options(&dir, args.dtype, args.vision_tower.as_ref(), args.strict_context)?;
+    let bar = LoadBar::start(&dir, &mut options);
     let viper = Viper::<B>::load(&dir, options, device).with_context(|| format!("loading {}", dir.display()));
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = ticker.join();
-    bar.finish_and_clear();
+    bar.finish();
     viper
 }
 
@@ -413,6 +491,44 @@ fn dump<B: SsmBackend>(prepared: &PreparedPrompt<B>, dir: &Path) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let path = dir.join(DUMP_FILE);
     viper_io::write_atomic(&path, &safetensors::serialize(views, None)?)?;
+    Ok(())
+}
+
+/// `viper serve`: loads the model on the engine thread and serves until Ctrl-C or SIGTERM.
+fn serve<B: SsmBackend>(args: &ServeArgs, device: B::Device) -> Result<()> {
+    let dir = resolve_model(&args.model)?;
+    // The server refuses prompts beyond the context limit (400) instead of truncating them.
+    let mut options = load_options(&dir, args.dtype, args.vision_tower.as_ref(), true)?;
+    let model_name = args.model_name.clone().unwrap_or_else(|| {
+        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| args.model.clone())
+    });
+    let config = viper_server::EngineConfig {
+        max_batch: args.max_batch,
+        queue: args.queue,
+        state_cache_bytes: args.state_cache_mb << 20,
+        prefill_chunk: args.prefill_chunk,
+        max_context: None,
+    };
+    let bar = LoadBar::start(&dir, &mut options);
+    let load_dir = dir.clone();
+    let engine = viper_server::Engine::spawn(move || Viper::<B>::load(&load_dir, options, &device), config)
+        .with_context(|| format!("loading {}", dir.display()));
+    bar.finish();
+    let engine = engine?;
+    let http = viper_server::HttpOptions {
+        model_name,
+        max_body_bytes: args.max_body_mb << 20,
+        limits: viper_server::api::RequestLimits {
+            max_images: args.max_images,
+            default_max_tokens: args.default_max_tokens,
+            ..Default::default()
+        },
+    };
+    let addr = std::net::SocketAddr::new(args.host, args.port);
+    viper_server::serve(engine, http, addr, |addr| {
+        log::info!("listening on http://{addr}");
+        eprintln!("viper serve: listening on http://{addr}");
+    })?;
     Ok(())
 }
 
