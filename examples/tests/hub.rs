@@ -49,6 +49,9 @@ struct State {
     log: Mutex<Vec<Logged>>,
     /// Content etag → cut the connection once this many bytes of the file have been sent (once).
     cuts: Mutex<HashMap<String, usize>>,
+    /// Connections accepted and not yet logged: a client can read its response before the serving
+    /// thread logs it, so [`FakeHub::log`] waits for this to reach 0.
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 struct FakeHub {
@@ -82,8 +85,10 @@ impl FakeHub {
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let state = shared.clone();
+                state.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 std::thread::spawn(move || {
                     let _ = serve(stream, addr, &state);
+                    state.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
         });
@@ -105,6 +110,11 @@ impl FakeHub {
     }
 
     fn log(&self) -> Vec<Logged> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.state.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         self.state.log.lock().unwrap().clone()
     }
 
@@ -179,9 +189,12 @@ fn serve(stream: TcpStream, addr: SocketAddr, state: &State) -> std::io::Result<
     let path = target.split('?').next().unwrap_or_default().to_string();
     let response = route(&path, range.as_deref(), addr, state);
     let head = method == "HEAD";
-    let sent = write_response(stream, &response, head)?;
+    // Logged even when the client hangs up mid-response (a client may read an error's head and close):
+    // the request reached the hub either way.
+    let written = write_response(stream, &response, head);
+    let sent = *written.as_ref().unwrap_or(&0);
     state.log.lock().unwrap().push(Logged { method, path, range, status: response.status, sent });
-    Ok(())
+    written.map(|_| ())
 }
 
 fn route(path: &str, range: Option<&str>, addr: SocketAddr, state: &State) -> Response {
