@@ -122,13 +122,7 @@ async fn concurrent_greedy_requests_equal_their_runs_alone() {
     }
     assert_eq!(alone, want, "alone = Viper::generate");
 
-    let handles: Vec<_> = requests
-        .iter()
-        .map(|request| {
-            let (app, request) = (app.clone(), request.clone());
-            tokio::spawn(async move { post(&app, &request).await })
-        })
-        .collect();
+    let handles = post_concurrently(&app, &requests);
     let mut batched = Vec::new();
     let mut widest = 0;
     for h in handles {
@@ -380,13 +374,7 @@ async fn jamba_answers_equal_the_library_alone_and_together() {
     let app = app(&engine, HttpOptions::default());
     let requests =
         [greedy(vec![user(Q1, &[data_url("jamba-s1", "image_97x61.png")])], 6), greedy(vec![user(Q3, &[])], 6)];
-    let handles: Vec<_> = requests
-        .iter()
-        .map(|request| {
-            let (app, request) = (app.clone(), request.clone());
-            tokio::spawn(async move { post(&app, &request).await })
-        })
-        .collect();
+    let handles = post_concurrently(&app, &requests);
     for (h, (prompt_ids, ids, _)) in handles.into_iter().zip(&want) {
         let (status, r) = h.await.unwrap();
         assert_eq!(status, StatusCode::OK, "{r}");

@@ -92,6 +92,17 @@ pub async fn post(app: &Router, body: &Value) -> (StatusCode, Value) {
     (status, value)
 }
 
+/// Posts every request at once (each on its own task); the handles answer in request order.
+pub fn post_concurrently(app: &Router, requests: &[Value]) -> Vec<tokio::task::JoinHandle<(StatusCode, Value)>> {
+    requests
+        .iter()
+        .map(|request| {
+            let (app, request) = (app.clone(), request.clone());
+            tokio::spawn(async move { post(&app, &request).await })
+        })
+        .collect()
+}
+
 pub async fn get(app: &Router, path: &str) -> (StatusCode, String) {
     let (status, body) = send(app, Request::get(path).body(Body::empty()).unwrap()).await;
     (status, String::from_utf8(body).unwrap())
