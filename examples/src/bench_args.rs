@@ -150,4 +150,8 @@ pub enum BenchModelsCommand {
         #[arg(long, default_value_t = 32)]
         steps: usize,
     },
+    /// Burn's fused `attention` on CUDA, each of its strategies (the naive fallback, the unit and the
+    /// accelerated flash kernels, the autotuned default) against a host f64 reference, at the shapes and
+    /// layouts Jamba's attention and CLIP give it; max abs and relative error per case.
+    CheckAttention,
 }

@@ -66,6 +66,14 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
+/// `t` copied into a new row-major tensor. CubeCL's flash kernels (cubek-attention 0.2, reached through
+/// Burn's `attention`) read a `swap_dims` view of the projections wrongly (`bench_models check-attention`,
+/// BENCHMARKS.md), and a reshape keeps such a view where it can, so the copy is explicit.
+pub fn row_major<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = t.dims();
+    Tensor::empty(dims, (&t.device(), t.dtype())).slice_assign(dims.map(|d| 0..d), t)
+}
+
 /// `self_attn.{q,k,v,o}_proj`, no biases.
 #[derive(Module, Debug)]
 pub struct JambaAttention<B: Backend> {
@@ -105,9 +113,14 @@ impl<B: SsmBackend> JambaAttention<B> {
 
     /// Attends `x` (`[b, l, H]`) to the cached positions and itself, appending its keys and values.
     ///
-    /// Through Burn's fused `attention` (scale `1/√hd`, docs/spec.md §7.3): a decode token sees every
-    /// cached position, so it runs unmasked with each KV head's query group as its rows (no repeated K/V);
-    /// a longer input runs causal (aligned to the last key) over K/V repeated to the query heads.
+    /// Through Burn's `attention` (scale `1/√hd`, docs/spec.md §7.3):
+    /// - a decode token sees every cached position, so it runs unmasked with each KV head's query group
+    ///   as its rows (no repeated K/V; the cached K/V copied row-major);
+    /// - a prompt with nothing cached runs causal over K/V repeated to the query heads, on row-major
+    ///   copies (see [`row_major`]);
+    /// - a chunk after cached positions runs Burn's unfused path: CubeCL's flash kernels mask from the
+    ///   first key (a key is hidden when its index exceeds the query's), which would hide cached keys,
+    ///   where the unfused path aligns the mask to the last key. A set scale selects it on CubeCL.
     pub fn forward(&self, x: Tensor<B, 3>, cache: &mut Option<KvCache<B>>) -> Tensor<B, 3> {
         let [b, l, _] = x.dims();
         let hd = self.q_proj.weight.dims()[1] / self.heads;
@@ -121,14 +134,19 @@ impl<B: SsmBackend> JambaAttention<B> {
         // GQA: query head h reads kv head h / group (transformers' `repeat_kv`).
         let group = self.heads / self.kv_heads;
         let out = if l == 1 {
+            // Row-major: one position's q reshapes into row-major rows; the cache's views are copied
+            // (a few MB per token, against the fused kernels' untested reads of a strided view).
             let q = q.reshape([b, self.kv_heads, group, hd]);
-            attention(q, k, v, None, None, AttentionModuleOptions::default()).reshape([b, self.heads, 1, hd])
+            let options = AttentionModuleOptions::default();
+            attention(q, row_major(k), row_major(v), None, None, options).reshape([b, self.heads, 1, hd])
         } else {
+            // The reshape of the expanded view copies, so the repeated K/V are row-major.
             let repeat = |t4: Tensor<B, 4>| {
                 t4.unsqueeze_dim::<5>(2).expand([b, self.kv_heads, group, t, hd]).reshape([b, self.heads, t, hd])
             };
-            let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
-            attention(q, repeat(k), repeat(v), None, None, options)
+            let scale = (l < t).then(|| 1.0 / (hd as f64).sqrt());
+            let options = AttentionModuleOptions { is_causal: true, scale, ..Default::default() };
+            attention(row_major(q), repeat(k), repeat(v), None, None, options)
         };
         linear(&self.o_proj, out.swap_dims(1, 2).reshape([b, l, self.heads * hd]))
     }

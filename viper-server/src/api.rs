@@ -174,11 +174,37 @@ pub struct RequestLimits {
     pub default_max_tokens: usize,
     /// Largest `max_tokens` accepted.
     pub max_tokens_limit: usize,
+    /// Fetching `http(s)://` image URLs; `None` (the default) refuses them.
+    pub remote_images: Option<RemoteImages>,
 }
 
 impl Default for RequestLimits {
     fn default() -> Self {
-        Self { images: ImageLoader::default(), max_images: 4, default_max_tokens: 512, max_tokens_limit: 1 << 16 }
+        Self {
+            images: ImageLoader::default(),
+            max_images: 4,
+            default_max_tokens: 512,
+            max_tokens_limit: 1 << 16,
+            remote_images: None,
+        }
+    }
+}
+
+/// How `http(s)://` image URLs are fetched where the operator allows it (`viper serve
+/// --allow-remote-images`). Off by default: a server that fetches the URLs its clients name reaches hosts
+/// on their behalf, the server's own network included. The body is bounded by the image byte limit
+/// ([`ImageLoader::max_bytes`]) whatever the server announces, and the whole fetch by `timeout`.
+#[derive(Debug, Clone)]
+pub struct RemoteImages {
+    /// Time for the whole fetch: connection, redirects, body.
+    pub timeout: std::time::Duration,
+    /// Most redirects followed.
+    pub max_redirects: u32,
+}
+
+impl Default for RemoteImages {
+    fn default() -> Self {
+        Self { timeout: std::time::Duration::from_secs(30), max_redirects: 5 }
     }
 }
 
@@ -310,13 +336,50 @@ fn parse_content(
     Ok((texts.join("\n"), images))
 }
 
-/// The bytes of a base64 `data:` URL, checked against the encoded-size limit before decoding.
+/// 413 for an image beyond the byte limit.
+fn too_many_bytes(what: String, max: u64) -> ApiError {
+    ApiError::invalid(format!("{what}, beyond the limit of {max} bytes"))
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+        .with_code("image_too_large")
+}
+
+/// The body of an `http(s)://` image URL, at most the image byte limit of it read (blocking: parsing
+/// runs on the blocking pool).
+fn fetch_image(url: &str, remote: &RemoteImages, max: u64) -> Result<Vec<u8>, ApiError> {
+    use std::io::Read as _;
+    let failed = |e: String| {
+        ApiError::invalid(format!("fetching the image URL failed: {e}")).with_code("remote_image_fetch_failed")
+    };
+    let agent = ureq::AgentBuilder::new().timeout(remote.timeout).redirects(remote.max_redirects).build();
+    let response = agent.get(url).call().map_err(|e| match e {
+        ureq::Error::Status(code, _) => failed(format!("the server answered HTTP {code}")),
+        ureq::Error::Transport(t) => failed(t.to_string()),
+    })?;
+    if let Some(len) = response.header("content-length").and_then(|l| l.trim().parse::<u64>().ok()) {
+        if len > max {
+            return Err(too_many_bytes(format!("the image URL announces {len} bytes"), max));
+        }
+    }
+    let mut bytes = Vec::new();
+    response.into_reader().take(max.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| failed(e.to_string()))?;
+    if bytes.len() as u64 > max {
+        return Err(too_many_bytes("the image URL's body is longer".to_string(), max));
+    }
+    Ok(bytes)
+}
+
+/// The bytes of a base64 `data:` URL, checked against the encoded-size limit before decoding, or of an
+/// `http(s)://` URL where [`RequestLimits::remote_images`] allows fetching.
 fn data_url_bytes(url: &str, limits: &RequestLimits) -> Result<Vec<u8>, ApiError> {
     if url.starts_with("http://") || url.starts_with("https://") {
-        return Err(ApiError::invalid(
-            "remote image URLs are not fetched by this server: send the image as a data:image/...;base64, URL",
-        )
-        .with_code("remote_image_refused"));
+        return match &limits.remote_images {
+            Some(remote) => fetch_image(url, remote, limits.images.max_bytes),
+            None => Err(ApiError::invalid(
+                "remote image URLs are not fetched by this server (it runs without --allow-remote-images): send \
+                 the image as a data:image/...;base64, URL",
+            )
+            .with_code("remote_image_refused")),
+        };
     }
     let Some(rest) = url.strip_prefix("data:") else {
         return Err(ApiError::invalid("an image URL must be a data: URL (data:image/png;base64,...)"));
@@ -330,12 +393,7 @@ fn data_url_bytes(url: &str, limits: &RequestLimits) -> Result<Vec<u8>, ApiError
     let max = limits.images.max_bytes;
     // Four base64 characters hold three bytes: refuse what must decode beyond the limit unread.
     if (data.len() as u64 / 4).saturating_mul(3) > max.saturating_add(3) {
-        return Err(ApiError::invalid(format!(
-            "the image is {} bytes or more encoded, beyond the limit of {max} bytes",
-            data.len() as u64 / 4 * 3
-        ))
-        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-        .with_code("image_too_large"));
+        return Err(too_many_bytes(format!("the image is {} bytes or more encoded", data.len() as u64 / 4 * 3), max));
     }
     base64::engine::general_purpose::STANDARD
         .decode(data.trim_end())

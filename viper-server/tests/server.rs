@@ -424,3 +424,73 @@ async fn a_long_prefill_does_not_stall_decoding() {
     let (status, _) = first.await.unwrap();
     assert_eq!(status, StatusCode::OK);
 }
+
+/// A one-request-at-a-time HTTP/1.1 server on 127.0.0.1 for the remote-image test: `/image.png` serves
+/// `png`, `/large.png` a body beyond the limit without a `Content-Length`, anything else a 404.
+fn image_host(png: Vec<u8>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let path = String::from_utf8_lossy(&head).split_whitespace().nth(1).unwrap_or("").to_string();
+            let _ = match path.as_str() {
+                "/image.png" => stream
+                    .write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", png.len()).as_bytes())
+                    .and_then(|_| stream.write_all(&png)),
+                "/large.png" => stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nConnection: close\r\n\r\n")
+                    .and_then(|_| stream.write_all(&vec![0u8; 64 << 10])),
+                _ => stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+            };
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_images_are_fetched_only_when_allowed_and_bounded() {
+    let engine = engine("mamba-s1", EngineConfig::default());
+    let png = std::fs::read(image_path("mamba-s1", "image_23x17.png")).unwrap();
+    let host = image_host(png);
+    let images = viper_model::ImageLoader { max_bytes: 12_000, ..Default::default() };
+    let options = |remote_images| HttpOptions {
+        model_name: "tiny".into(),
+        max_body_bytes: 1 << 20,
+        limits: RequestLimits { images, remote_images, ..Default::default() },
+    };
+    let refusing = app(&engine, options(None));
+    let fetching = app(&engine, options(Some(viper_server::api::RemoteImages::default())));
+    let remote = |path: &str| greedy(vec![user(Q1, &[format!("{host}{path}")])], 4);
+
+    let (status, error) = post(&refusing, &remote("/image.png")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert_eq!(error["error"]["code"], "remote_image_refused", "{error}");
+
+    // Fetched, the image gives the answer it gives inline.
+    let (status, fetched) = post(&fetching, &remote("/image.png")).await;
+    assert_eq!(status, StatusCode::OK, "{fetched}");
+    let inline = greedy(vec![user(Q1, &[data_url("mamba-s1", "image_23x17.png")])], 4);
+    let (status, inline) = post(&fetching, &inline).await;
+    assert_eq!(status, StatusCode::OK, "{inline}");
+    assert_eq!(completion_ids(&fetched), completion_ids(&inline));
+    assert!(!completion_ids(&fetched).is_empty());
+
+    for (path, want, code) in [
+        ("/missing.png", StatusCode::BAD_REQUEST, "remote_image_fetch_failed"),
+        ("/large.png", StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
+    ] {
+        let (status, error) = post(&fetching, &remote(path)).await;
+        assert_eq!(status, want, "{path}: {error}");
+        assert_eq!(error["error"]["code"], code, "{path}: {error}");
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (status, error) = post(&fetching, &greedy(vec![user(Q1, &[format!("http://{closed}/x.png")])], 4)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert_eq!(error["error"]["code"], "remote_image_fetch_failed", "{error}");
+}

@@ -11,6 +11,7 @@ use anyhow::Result;
 use burn::module::Param;
 use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Distribution, FloatDType};
 use clap::Parser;
 use viper_checkpoint::{Checkpoint, LoadOptions};
@@ -425,7 +426,173 @@ fn main() -> Result<()> {
     if let BenchModelsCommand::JambaFull { layers, prompt, steps } = args.command {
         jamba_full(&dev, &mut report, layers, prompt, steps);
     }
+    if matches!(args.command, BenchModelsCommand::CheckAttention) {
+        check_attention(&mut report);
+    }
     println!("{}", report.markdown());
     report.save(args.out.as_deref(), args.json.as_deref())?;
     Ok(())
+}
+
+/// The plain CubeCL backend in f32, whose tensors are the `CubeTensor`s the attention kernels take.
+type Plain32 = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+
+/// softmax(q kᵀ / √d) v on the host in f64, causal aligned to the last key as Burn's fallback is; `q` is
+/// `[bh, sq, d]`, `k`, `v` `[bh, skv, d]` (row-major), the result `[bh, sq, d]`.
+fn attention_f64(q: &[f32], k: &[f32], v: &[f32], [bh, sq, skv, d]: [usize; 4], causal: bool) -> Vec<f64> {
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut out = vec![0.0; bh * sq * d];
+    let mut s = vec![0.0f64; skv];
+    for b in 0..bh {
+        for i in 0..sq {
+            let qi = &q[(b * sq + i) * d..][..d];
+            let last = if causal { (i + skv - sq).min(skv - 1) } else { skv - 1 };
+            let mut max = f64::NEG_INFINITY;
+            for j in 0..=last {
+                let kj = &k[(b * skv + j) * d..][..d];
+                s[j] = qi.iter().zip(kj).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale;
+                max = max.max(s[j]);
+            }
+            let mut sum = 0.0;
+            for x in &mut s[..=last] {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let o = &mut out[(b * sq + i) * d..][..d];
+            for j in 0..=last {
+                let vj = &v[(b * skv + j) * d..][..d];
+                for (o, v) in o.iter_mut().zip(vj) {
+                    *o += s[j] / sum * *v as f64;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One attention input layout, as a model builds it.
+struct AttnCase {
+    name: &'static str,
+    heads: usize,
+    seq_q: usize,
+    seq_kv: usize,
+    head_dim: usize,
+    causal: bool,
+    /// `q` as `reshape([b, l, heads, hd]).swap_dims(1, 2)` of a `[b, l, heads·hd]` projection.
+    q_strided: bool,
+    /// `k`, `v` as the first `seq_kv` positions of a larger cache (a `narrow` view).
+    kv_narrowed: bool,
+    dtype: DType,
+}
+
+fn attention_inputs(c: &AttnCase, dev: &burn::tensor::Device<Plain32>) -> [Tensor<Plain32, 4>; 3] {
+    let normal = Distribution::Normal(0.0, 1.0);
+    let (h, d) = (c.heads, c.head_dim);
+    let q = if c.q_strided {
+        Tensor::<Plain32, 3>::random([1, c.seq_q, h * d], normal, dev).reshape([1, c.seq_q, h, d]).swap_dims(1, 2)
+    } else {
+        Tensor::<Plain32, 4>::random([1, h, c.seq_q, d], normal, dev)
+    };
+    let kv = || {
+        if c.kv_narrowed {
+            let cap = (c.seq_kv + 1).next_multiple_of(256);
+            Tensor::<Plain32, 4>::random([1, h, cap, d], normal, dev).narrow(2, 0, c.seq_kv)
+        } else {
+            Tensor::<Plain32, 4>::random([1, h, c.seq_kv, d], normal, dev)
+        }
+    };
+    let cast = |t: Tensor<Plain32, 4>| if c.dtype == DType::F32 { t } else { t.cast(FloatDType::BF16) };
+    [cast(q), cast(kv()), cast(kv())]
+}
+
+fn host_f32(t: &Tensor<Plain32, 4>) -> Vec<f32> {
+    t.clone().cast(FloatDType::F32).into_data().convert::<f32>().to_vec().unwrap_or_default()
+}
+
+fn check_attention(report: &mut Report) {
+    use burn_cubecl::kernel::attention::{attention as launch, AttentionStrategy};
+    use cubek::attention::routines::blackbox_accelerated::BlackboxAcceleratedStrategy;
+    let dev = Default::default();
+    let f32_ = DType::F32;
+    let bf16 = DType::BF16;
+    #[rustfmt::skip]
+    let cases = [
+        // Tiny Jamba fixture: 4 heads of 16, the prefill of a 20-position prompt, a later chunk, a decode step.
+        AttnCase { name: "jamba-s1 prefill", heads: 4, seq_q: 20, seq_kv: 20, head_dim: 16, causal: true, q_strided: true, kv_narrowed: true, dtype: f32_ },
+        AttnCase { name: "jamba-s1 prefill, contiguous", heads: 4, seq_q: 20, seq_kv: 20, head_dim: 16, causal: true, q_strided: false, kv_narrowed: false, dtype: f32_ },
+        AttnCase { name: "jamba-s1 prefill, not causal", heads: 4, seq_q: 20, seq_kv: 20, head_dim: 16, causal: false, q_strided: false, kv_narrowed: false, dtype: f32_ },
+        AttnCase { name: "jamba-s1 chunk after 13", heads: 4, seq_q: 7, seq_kv: 20, head_dim: 16, causal: true, q_strided: true, kv_narrowed: true, dtype: f32_ },
+        AttnCase { name: "jamba-s1 decode (group rows)", heads: 2, seq_q: 2, seq_kv: 21, head_dim: 16, causal: false, q_strided: false, kv_narrowed: true, dtype: f32_ },
+        AttnCase { name: "CLIP-s1 (4 heads of 12, 17 positions)", heads: 4, seq_q: 17, seq_kv: 17, head_dim: 12, causal: false, q_strided: true, kv_narrowed: false, dtype: f32_ },
+        // Jamba-1.5-Mini: 32 heads of 128; decode: 8 KV heads, 4 query rows each.
+        AttnCase { name: "Jamba-Mini prefill 520", heads: 32, seq_q: 520, seq_kv: 520, head_dim: 128, causal: true, q_strided: false, kv_narrowed: false, dtype: bf16 },
+        AttnCase { name: "Jamba-Mini prefill 520, f32", heads: 32, seq_q: 520, seq_kv: 520, head_dim: 128, causal: true, q_strided: false, kv_narrowed: false, dtype: f32_ },
+        AttnCase { name: "Jamba-Mini chunk 512 after 8", heads: 32, seq_q: 512, seq_kv: 520, head_dim: 128, causal: true, q_strided: false, kv_narrowed: false, dtype: bf16 },
+        AttnCase { name: "Jamba-Mini decode after 600", heads: 8, seq_q: 4, seq_kv: 601, head_dim: 128, causal: false, q_strided: false, kv_narrowed: true, dtype: bf16 },
+        // CLIP ViT-L/14-336: 16 heads of 64 over 577 positions.
+        AttnCase { name: "CLIP-L 577, 4 crops", heads: 64, seq_q: 577, seq_kv: 577, head_dim: 64, causal: false, q_strided: false, kv_narrowed: false, dtype: bf16 },
+    ];
+    type Run = Box<dyn Fn([Tensor<Plain32, 4>; 3], AttentionModuleOptions) -> Result<Tensor<Plain32, 4>, String>>;
+    let strategy = |s: fn() -> AttentionStrategy| -> Run {
+        Box::new(move |[q, k, v]: [Tensor<Plain32, 4>; 3], options| {
+            let prim = |t: Tensor<Plain32, 4>| t.into_primitive().tensor();
+            launch(prim(q), prim(k), prim(v), None, None, options, s())
+                .map(|t| Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(t)))
+                .map_err(|e| format!("{e:?}"))
+        })
+    };
+    fn ba(num_planes: u8) -> AttentionStrategy {
+        AttentionStrategy::FlashBlackboxAccelerated(BlackboxAcceleratedStrategy { num_planes, seq_q: 1, seq_kv: 1 })
+    }
+    let strategies: Vec<(&str, Run)> = vec![
+        (
+            "burn attention (autotuned)",
+            Box::new(|[q, k, v]: [Tensor<Plain32, 4>; 3], options| {
+                Ok(burn::tensor::module::attention(q, k, v, None, None, options))
+            }),
+        ),
+        ("fallback", strategy(|| AttentionStrategy::Fallback)),
+        ("flash accelerated, 2 planes", strategy(|| ba(2))),
+        ("flash accelerated, 4 planes", strategy(|| ba(4))),
+        ("flash accelerated, 8 planes", strategy(|| ba(8))),
+        ("flash unit", strategy(|| AttentionStrategy::FlashUnit)),
+    ];
+    report.heading("Burn 0.21 `attention` on CUDA against a host f64 reference");
+    report.header(&[
+        ("case", Align::Left),
+        ("strategy", Align::Left),
+        ("max abs err", Align::Right),
+        ("rel err", Align::Right),
+    ]);
+    for c in &cases {
+        let inputs = attention_inputs(c, &dev);
+        let [q, k, v] = inputs.each_ref().map(host_f32);
+        let want = attention_f64(&q, &k, &v, [c.heads, c.seq_q, c.seq_kv, c.head_dim], c.causal);
+        let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-30);
+        let options = AttentionModuleOptions { is_causal: c.causal, ..Default::default() };
+        for (name, run) in &strategies {
+            let start = Instant::now();
+            let cell = match run(inputs.clone(), options) {
+                Ok(out) => {
+                    let got = host_f32(&out);
+                    if got.len() != want.len() {
+                        ("wrong length".to_string(), String::new())
+                    } else {
+                        let err = got.iter().zip(&want).fold(0.0f64, |m, (g, w)| {
+                            let e = (*g as f64 - w).abs();
+                            if e.is_nan() {
+                                f64::INFINITY
+                            } else {
+                                m.max(e)
+                            }
+                        });
+                        (format!("{err:.3e}"), format!("{:.3e}", err / scale))
+                    }
+                }
+                Err(e) => (format!("error: {}", e.chars().take(80).collect::<String>()), String::new()),
+            };
+            eprintln!("{} | {name} | {} | {} | {:.1} s", c.name, cell.0, cell.1, start.elapsed().as_secs_f64());
+            report.row([c.name.to_string(), name.to_string(), cell.0, cell.1]);
+        }
+    }
 }

@@ -169,6 +169,13 @@ struct ServeArgs {
     /// `max_tokens` of requests that give none.
     #[arg(long, default_value_t = 512)]
     default_max_tokens: usize,
+    /// Fetch `http(s)://` image URLs (refused otherwise). The server then reaches whatever hosts its
+    /// clients name, its own network included: allow it only where that is acceptable.
+    #[arg(long)]
+    allow_remote_images: bool,
+    /// Time for the whole fetch of one remote image, seconds.
+    #[arg(long, default_value_t = 30)]
+    remote_image_timeout_s: u64,
 }
 
 fn main() -> ExitCode {
@@ -521,6 +528,10 @@ fn serve<B: SsmBackend>(args: &ServeArgs, device: B::Device) -> Result<()> {
         limits: viper_server::api::RequestLimits {
             max_images: args.max_images,
             default_max_tokens: args.default_max_tokens,
+            remote_images: args.allow_remote_images.then(|| viper_server::api::RemoteImages {
+                timeout: std::time::Duration::from_secs(args.remote_image_timeout_s.max(1)),
+                ..Default::default()
+            }),
             ..Default::default()
         },
     };
