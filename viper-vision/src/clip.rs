@@ -16,6 +16,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::FloatDType;
 use viper_checkpoint::{Checkpoint, CheckpointError, Weights};
+use viper_ssm::{linear, SsmBackend};
 
 use crate::config::{Activation, ClipVisionConfig, FeatureSelect, SelectFeature};
 use crate::error::{Result, VisionError};
@@ -100,7 +101,7 @@ pub struct ClipAttention<B: Backend> {
     pub num_heads: usize,
 }
 
-impl<B: Backend> ClipAttention<B> {
+impl<B: SsmBackend> ClipAttention<B> {
     fn load(c: &ClipVisionConfig, w: &Weights, device: &B::Device) -> Result<Self> {
         let d = c.hidden_size;
         let proj = |name| w.linear(name, d, d, true, device);
@@ -123,12 +124,12 @@ impl<B: Backend> ClipAttention<B> {
         let [n, t, width] = x.dims();
         let (h, d) = (self.num_heads, width / self.num_heads);
         let heads = |proj: &Linear<B>| {
-            let view = proj.forward(x.clone()).reshape([n, t, h, d]).swap_dims(1, 2); // (n, h, T, d)
+            let view = linear(proj, x.clone()).reshape([n, t, h, d]).swap_dims(1, 2); // (n, h, T, d)
             Tensor::empty([n, h, t, d], (&x.device(), x.dtype())).slice_assign([0..n, 0..h, 0..t, 0..d], view)
         };
         let options = AttentionModuleOptions::default(); // scale 1/√d, no softcap, not causal
         let o = attention(heads(&self.q_proj), heads(&self.k_proj), heads(&self.v_proj), None, None, options);
-        self.out_proj.forward(o.swap_dims(1, 2).reshape([n, t, width]))
+        linear(&self.out_proj, o.swap_dims(1, 2).reshape([n, t, width]))
     }
 }
 
@@ -157,7 +158,7 @@ pub struct ClipEncoderLayer<B: Backend> {
     pub mlp: ClipMlp<B>,
 }
 
-impl<B: Backend> ClipEncoderLayer<B> {
+impl<B: SsmBackend> ClipEncoderLayer<B> {
     fn load(c: &ClipVisionConfig, w: &Weights, device: &B::Device) -> Result<Self> {
         let (d, eps) = (c.hidden_size, c.layer_norm_eps);
         let mlp = w.pp("mlp");
@@ -177,7 +178,7 @@ impl<B: Backend> ClipEncoderLayer<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let h = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
         let mlp = &self.mlp;
-        h.clone() + mlp.fc2.forward(mlp.activation.forward(mlp.fc1.forward(self.layer_norm2.forward(h))))
+        h.clone() + linear(&mlp.fc2, mlp.activation.forward(linear(&mlp.fc1, self.layer_norm2.forward(h))))
     }
 }
 
@@ -211,7 +212,7 @@ pub struct ClipVisionTower<B: Backend> {
     pub select: FeatureSelect,
 }
 
-impl<B: Backend> ClipVisionTower<B> {
+impl<B: SsmBackend> ClipVisionTower<B> {
     /// Loads the tower from a view positioned at the `vision_model.` level (see [`vision_model_prefix`]).
     pub fn load(config: &ClipVisionConfig, select: FeatureSelect, w: &Weights, device: &B::Device) -> Result<Self> {
         config.validate()?;

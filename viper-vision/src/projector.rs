@@ -8,6 +8,7 @@ use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 use viper_checkpoint::Weights;
+use viper_ssm::{linear, SsmBackend};
 
 use crate::error::{Result, VisionError};
 
@@ -85,7 +86,7 @@ pub struct MmProjector<B: Backend> {
     pub d_in: usize,
 }
 
-impl<B: Backend> MmProjector<B> {
+impl<B: SsmBackend> MmProjector<B> {
     /// Loads the projector `projector_type` (`mm_projector_type`) from `mm_projector.*` under `w` (a view
     /// at the language model's root: `backbone.` / `model.`), after checking that the tensor names
     /// describe the same architecture.
@@ -138,10 +139,14 @@ impl<B: Backend> MmProjector<B> {
                 self.d_in
             )));
         }
-        let mut x = features;
-        for (i, linear) in self.linears.iter().enumerate() {
-            x = linear.forward(if i == 0 { x } else { gelu(x) });
+        // Rows flattened into `[1, rows, d]` for the projection entry point the language models use.
+        let mut dims = features.dims();
+        let rows = dims[..D - 1].iter().product();
+        let mut x = features.reshape([1, rows, width]);
+        for (i, layer) in self.linears.iter().enumerate() {
+            x = linear(layer, if i == 0 { x } else { gelu(x) });
         }
-        Ok(x)
+        dims[D - 1] = x.dims()[2];
+        Ok(x.reshape(dims))
     }
 }
