@@ -193,12 +193,13 @@ impl Default for RequestLimits {
 /// How `http(s)://` image URLs are fetched where the operator allows it (`viper serve
 /// --allow-remote-images`). Off by default: a server that fetches the URLs its clients name reaches hosts
 /// on their behalf, the server's own network included. The body is bounded by the image byte limit
-/// ([`ImageLoader::max_bytes`]) whatever the server announces, and the whole fetch by `timeout`.
+/// ([`ImageLoader::max_bytes`]) whatever the server announces; the connection and the whole fetch by
+/// `timeout` (name resolution is the system resolver's, with its own timeouts).
 #[derive(Debug, Clone)]
 pub struct RemoteImages {
     /// Time for the whole fetch: connection, redirects, body.
     pub timeout: std::time::Duration,
-    /// Most redirects followed.
+    /// Most requests in a redirect chain, the first included (ureq's count: 5 follows 4 redirects).
     pub max_redirects: u32,
 }
 
@@ -319,7 +320,7 @@ fn parse_content(
                     .with_param(param)
                     .with_code("too_many_images"));
                 }
-                let bytes = data_url_bytes(url, limits).map_err(|e| e.with_param(format!("{param}.image_url.url")))?;
+                let bytes = image_url_bytes(url, limits).map_err(|e| e.with_param(format!("{param}.image_url.url")))?;
                 let image = limits.images.decode(&bytes).map_err(|e| image_error(e, &param))?;
                 images.push(image);
                 image_bytes.push(bytes);
@@ -350,7 +351,11 @@ fn fetch_image(url: &str, remote: &RemoteImages, max: u64) -> Result<Vec<u8>, Ap
     let failed = |e: String| {
         ApiError::invalid(format!("fetching the image URL failed: {e}")).with_code("remote_image_fetch_failed")
     };
-    let agent = ureq::AgentBuilder::new().timeout(remote.timeout).redirects(remote.max_redirects).build();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(remote.timeout)
+        .timeout_connect(remote.timeout)
+        .redirects(remote.max_redirects)
+        .build();
     let response = agent.get(url).call().map_err(|e| match e {
         ureq::Error::Status(code, _) => failed(format!("the server answered HTTP {code}")),
         ureq::Error::Transport(t) => failed(t.to_string()),
@@ -370,7 +375,7 @@ fn fetch_image(url: &str, remote: &RemoteImages, max: u64) -> Result<Vec<u8>, Ap
 
 /// The bytes of a base64 `data:` URL, checked against the encoded-size limit before decoding, or of an
 /// `http(s)://` URL where [`RequestLimits::remote_images`] allows fetching.
-fn data_url_bytes(url: &str, limits: &RequestLimits) -> Result<Vec<u8>, ApiError> {
+fn image_url_bytes(url: &str, limits: &RequestLimits) -> Result<Vec<u8>, ApiError> {
     if url.starts_with("http://") || url.starts_with("https://") {
         return match &limits.remote_images {
             Some(remote) => fetch_image(url, remote, limits.images.max_bytes),

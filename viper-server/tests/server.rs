@@ -426,13 +426,15 @@ async fn a_long_prefill_does_not_stall_decoding() {
 }
 
 /// A one-request-at-a-time HTTP/1.1 server on 127.0.0.1 for the remote-image test: `/image.png` serves
-/// `png`, `/large.png` a body beyond the limit without a `Content-Length`, anything else a 404.
+/// `png`, `/large.png` a body beyond the limit without a `Content-Length`, `/announced.png` a
+/// `Content-Length` beyond the limit, anything else a 404.
 fn image_host(png: Vec<u8>) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
             let mut head = Vec::new();
             let mut byte = [0u8; 1];
             while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
@@ -443,6 +445,9 @@ fn image_host(png: Vec<u8>) -> String {
                 "/image.png" => stream
                     .write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", png.len()).as_bytes())
                     .and_then(|_| stream.write_all(&png)),
+                "/announced.png" => stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 999999\r\nConnection: close\r\n\r\n")
+                    .and_then(|_| stream.write_all(b"short")),
                 "/large.png" => stream
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nConnection: close\r\n\r\n")
                     .and_then(|_| stream.write_all(&vec![0u8; 64 << 10])),
@@ -484,6 +489,7 @@ async fn remote_images_are_fetched_only_when_allowed_and_bounded() {
     for (path, want, code) in [
         ("/missing.png", StatusCode::BAD_REQUEST, "remote_image_fetch_failed"),
         ("/large.png", StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
+        ("/announced.png", StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
     ] {
         let (status, error) = post(&fetching, &remote(path)).await;
         assert_eq!(status, want, "{path}: {error}");

@@ -125,7 +125,7 @@ impl<B: SsmBackend> ClipAttention<B> {
         let (h, d) = (self.num_heads, width / self.num_heads);
         let heads = |proj: &Linear<B>| {
             let view = linear(proj, x.clone()).reshape([n, t, h, d]).swap_dims(1, 2); // (n, h, T, d)
-            Tensor::empty([n, h, t, d], (&x.device(), x.dtype())).slice_assign([0..n, 0..h, 0..t, 0..d], view)
+            Tensor::empty([n, h, t, d], (&view.device(), view.dtype())).slice_assign([0..n, 0..h, 0..t, 0..d], view)
         };
         let options = AttentionModuleOptions::default(); // scale 1/√d, no softcap, not causal
         let o = attention(heads(&self.q_proj), heads(&self.k_proj), heads(&self.v_proj), None, None, options);
