@@ -14,8 +14,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use viper_examples::hub::{Hub, HubError, HubOptions};
 
@@ -51,7 +52,7 @@ struct State {
     cuts: Mutex<HashMap<String, usize>>,
     /// Connections accepted and not yet logged: a client can read its response before the serving
     /// thread logs it, so [`FakeHub::log`] waits for this to reach 0.
-    in_flight: std::sync::atomic::AtomicUsize,
+    in_flight: AtomicUsize,
 }
 
 struct FakeHub {
@@ -85,10 +86,10 @@ impl FakeHub {
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let state = shared.clone();
-                state.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                state.in_flight.fetch_add(1, Ordering::SeqCst);
                 std::thread::spawn(move || {
                     let _ = serve(stream, addr, &state);
-                    state.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    state.in_flight.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -110,10 +111,9 @@ impl FakeHub {
     }
 
     fn log(&self) -> Vec<Logged> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while self.state.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(5));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.state.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
         self.state.log.lock().unwrap().clone()
     }

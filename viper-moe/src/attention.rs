@@ -6,7 +6,7 @@ use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use viper_checkpoint::{Result, Weights};
-use viper_ssm::{linear, SsmBackend};
+use viper_ssm::{linear, row_major, SsmBackend};
 
 use crate::config::JambaConfig;
 
@@ -66,14 +66,6 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-/// `t` copied into a new row-major tensor. CubeCL's flash kernels (cubek-attention 0.2, reached through
-/// Burn's `attention`) read a `swap_dims` view of the projections wrongly (`bench_models check-attention`,
-/// BENCHMARKS.md), and a reshape keeps such a view where it can, so the copy is explicit.
-pub fn row_major<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
-    let dims = t.dims();
-    Tensor::empty(dims, (&t.device(), t.dtype())).slice_assign(dims.map(|d| 0..d), t)
-}
-
 /// `self_attn.{q,k,v,o}_proj`, no biases.
 #[derive(Module, Debug)]
 pub struct JambaAttention<B: Backend> {
@@ -117,7 +109,7 @@ impl<B: SsmBackend> JambaAttention<B> {
     /// - a decode token sees every cached position, so it runs unmasked with each KV head's query group
     ///   as its rows (no repeated K/V; the cached K/V copied row-major);
     /// - a prompt with nothing cached runs causal over K/V repeated to the query heads, on row-major
-    ///   copies (see [`row_major`]);
+    ///   copies ([`row_major`]: CubeCL's flash kernels read a `swap_dims` view wrongly);
     /// - a chunk after cached positions runs Burn's unfused path: CubeCL's flash kernels mask from the
     ///   first key (a key is hidden when its index exceeds the query's), which would hide cached keys,
     ///   where the unfused path aligns the mask to the last key. A set scale selects it on CubeCL.

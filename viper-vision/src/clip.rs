@@ -16,7 +16,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::FloatDType;
 use viper_checkpoint::{Checkpoint, CheckpointError, Weights};
-use viper_ssm::{linear, SsmBackend};
+use viper_ssm::{linear, row_major, SsmBackend};
 
 use crate::config::{Activation, ClipVisionConfig, FeatureSelect, SelectFeature};
 use crate::error::{Result, VisionError};
@@ -117,16 +117,12 @@ impl<B: SsmBackend> ClipAttention<B> {
     /// `out_proj(softmax(q kᵀ · d^-½) v)` per head, through `burn::tensor::module::attention`: the
     /// backend's fused (flash) kernel where it has one (CubeCL backends), matmul + softmax otherwise.
     /// The scale is left at its default, `1/√d`: CubeCL falls back to the unfused path for a custom one.
-    /// The heads are copied row-major first: CubeCL's flash kernels (cubek-attention 0.2) read a
-    /// `swap_dims` view wrongly (`bench_models check-attention`, BENCHMARKS.md), and a reshape keeps
-    /// such a view where it can.
+    /// The heads are copied row-major first ([`row_major`]: CubeCL's flash kernels read a `swap_dims`
+    /// view wrongly).
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [n, t, width] = x.dims();
         let (h, d) = (self.num_heads, width / self.num_heads);
-        let heads = |proj: &Linear<B>| {
-            let view = linear(proj, x.clone()).reshape([n, t, h, d]).swap_dims(1, 2); // (n, h, T, d)
-            Tensor::empty([n, h, t, d], (&view.device(), view.dtype())).slice_assign([0..n, 0..h, 0..t, 0..d], view)
-        };
+        let heads = |proj: &Linear<B>| row_major(linear(proj, x.clone()).reshape([n, t, h, d]).swap_dims(1, 2)); // (n, h, T, d)
         let options = AttentionModuleOptions::default(); // scale 1/√d, no softcap, not causal
         let o = attention(heads(&self.q_proj), heads(&self.k_proj), heads(&self.v_proj), None, None, options);
         linear(&self.out_proj, o.swap_dims(1, 2).reshape([n, t, width]))

@@ -447,7 +447,7 @@ fn attention_f64(q: &[f32], k: &[f32], v: &[f32], [bh, sq, skv, d]: [usize; 4], 
     for b in 0..bh {
         for i in 0..sq {
             let qi = &q[(b * sq + i) * d..][..d];
-            let last = if causal { (i + skv - sq).min(skv - 1) } else { skv - 1 };
+            let last = if causal { i + skv - sq } else { skv - 1 }; // key index ≤ query index + cached keys
             let mut max = f64::NEG_INFINITY;
             for j in 0..=last {
                 let kj = &k[(b * skv + j) * d..][..d];

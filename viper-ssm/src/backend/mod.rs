@@ -61,6 +61,15 @@ pub fn linear<B: SsmBackend>(layer: &burn::nn::Linear<B>, x: Tensor<B, 3>) -> Te
     B::projection(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
 }
 
+/// `t` copied into a new row-major tensor, for the attention inputs of both models (Jamba's, CLIP's).
+/// CubeCL's flash kernels (cubek-attention 0.2, reached through Burn's `attention`) read a `swap_dims`
+/// view of the projections wrongly (`bench_models check-attention`, BENCHMARKS.md session 9), and a
+/// reshape keeps such a view where it can, so the copy is explicit.
+pub fn row_major<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = t.dims();
+    Tensor::empty(dims, (&t.device(), t.dtype())).slice_assign(dims.map(|d| 0..d), t)
+}
+
 /// A backend that can run the Mamba mixer's sequence ops.
 pub trait SsmBackend: Backend {
     /// Selective scan over a sequence, state in and out; also the decode step (`l = 1`), as the kernels
