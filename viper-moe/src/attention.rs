@@ -1,12 +1,10 @@
 //! Jamba attention (docs/spec.md §7.3): grouped-query heads, causal, **no positional encoding**, KV cache. The
-//! four projections go through [`viper_ssm::linear`], the scores through Burn's fused `attention`.
+//! four projections go through [`viper_ssm::linear`], the scores through [`viper_ssm::attention`].
 
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use viper_checkpoint::{Result, Weights};
-use viper_ssm::{linear, row_major, SsmBackend};
+use viper_ssm::{attention, linear, AttentionInput, SsmBackend};
 
 use crate::config::JambaConfig;
 
@@ -103,16 +101,10 @@ impl<B: SsmBackend> JambaAttention<B> {
         })
     }
 
-    /// Attends `x` (`[b, l, H]`) to the cached positions and itself, appending its keys and values.
-    ///
-    /// Through Burn's `attention` (scale `1/√hd`, docs/spec.md §7.3):
-    /// - a decode token sees every cached position, so it runs unmasked with each KV head's query group
-    ///   as its rows (no repeated K/V; the cached K/V copied row-major);
-    /// - a prompt with nothing cached runs causal over K/V repeated to the query heads, on row-major
-    ///   copies ([`row_major`]: CubeCL's flash kernels read a `swap_dims` view wrongly);
-    /// - a chunk after cached positions runs Burn's unfused path: CubeCL's flash kernels mask from the
-    ///   first key (a key is hidden when its index exceeds the query's), which would hide cached keys,
-    ///   where the unfused path aligns the mask to the last key. A set scale selects it on CubeCL.
+    /// Attends `x` (`[b, l, H]`) to the cached positions and itself, appending its keys and values,
+    /// through [`viper_ssm::attention`] (scale `1/√hd`, docs/spec.md §7.3): causal with the mask aligned
+    /// to the last key, so a chunk after cached positions sees them; grouped-query heads without
+    /// repeated K/V on CUDA (cuBLAS), repeated elsewhere (Burn's `attention`).
     pub fn forward(&self, x: Tensor<B, 3>, cache: &mut Option<KvCache<B>>) -> Tensor<B, 3> {
         let [b, l, _] = x.dims();
         let hd = self.q_proj.weight.dims()[1] / self.heads;
@@ -122,26 +114,17 @@ impl<B: SsmBackend> JambaAttention<B> {
         let v = split(linear(&self.v_proj, x), self.kv_heads);
         let (k, v) = KvCache::append(cache, k, v, self.kv_block);
         let t = k.dims()[2];
-
-        // GQA: query head h reads kv head h / group (transformers' `repeat_kv`).
-        let group = self.heads / self.kv_heads;
-        let out = if l == 1 {
-            // One position's q reshapes into row-major rows. The cache's views are copied: ≈ 4 KiB per
-            // cached position and layer in bf16 at Jamba-1.5-Mini's widths (≈ 40 MB per attention layer
-            // at 10k positions), against flash kernels whose reads of views were only checked for an f32
-            // cache view with the unit kernel (session 9); to drop once the bf16 kernels are checked.
-            let q = q.reshape([b, self.kv_heads, group, hd]);
-            let options = AttentionModuleOptions::default();
-            attention(q, row_major(k), row_major(v), None, None, options).reshape([b, self.heads, 1, hd])
-        } else {
-            // The reshape of the expanded view copies, so the repeated K/V are row-major.
-            let repeat = |t4: Tensor<B, 4>| {
-                t4.unsqueeze_dim::<5>(2).expand([b, self.kv_heads, group, t, hd]).reshape([b, self.heads, t, hd])
-            };
-            let scale = (l < t).then(|| 1.0 / (hd as f64).sqrt());
-            let options = AttentionModuleOptions { is_causal: true, scale, ..Default::default() };
-            attention(row_major(q), repeat(k), repeat(v), None, None, options)
+        // Batches fold into the head index; query head h reads kv head h / group (transformers'
+        // `repeat_kv`). The cache views fold into a batch stride over the capacity; the cuBLAS path
+        // reads them in place.
+        let fold = |t4: Tensor<B, 4>, heads: usize, len: usize| t4.reshape([b * heads, len, hd]);
+        let input = AttentionInput {
+            q: fold(q, self.heads, l),
+            k: fold(k, self.kv_heads, t),
+            v: fold(v, self.kv_heads, t),
+            causal: true,
         };
+        let out = attention(input).reshape([b, self.heads, l, hd]);
         linear(&self.o_proj, out.swap_dims(1, 2).reshape([b, l, self.heads * hd]))
     }
 }

@@ -1,4 +1,4 @@
-//! Prefill projections through cuBLAS on the CUDA runtime.
+//! Prefill projections and attention's batched products through cuBLAS on the CUDA runtime.
 //!
 //! Burn 0.21's bf16 matmul (cubek) reaches 200–280 TFLOP/s on an H200 at the prefill shapes (every
 //! strategy, swept in BENCHMARKS.md); the products are ~80 % of a prefill layer. cuBLAS is what the
@@ -15,7 +15,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::ffi::{c_int, c_void};
+use std::ffi::{c_int, c_longlong, c_void};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use burn::tensor::{DType, Shape};
@@ -219,6 +219,110 @@ pub fn linear<R: CubeRuntime>(x: &CubeTensor<R>, w: &CubeTensor<R>) -> Option<Cu
         (Ok(()), Ok(())) => Some(out),
         (d, s) => {
             log::warn!("cuBLAS GEMM failed ({d:?}, {s:?}); falling back to Burn's matmul");
+            None
+        }
+    }
+}
+
+/// A `[batch, rows, cols]` tensor's (batch stride, row stride) where its rows are unit-stride and
+/// do not overlap; a batch of one may have any batch stride.
+fn batched_strides(shape: &[usize], strides: &[usize]) -> Option<(usize, usize)> {
+    let [batch, rows, cols] = [shape[0], shape[1], shape[2]];
+    if strides[2] != 1 && cols > 1 {
+        return None;
+    }
+    let rs = if rows == 1 { cols.max(1) } else { strides[1] };
+    let bs = if batch == 1 { rows * rs } else { strides[0] };
+    (rs >= cols && (batch == 1 || bs >= rows * rs)).then_some((bs, rs))
+}
+
+/// `alpha · a_i · b_i` for every `i` of a batch (`b_i` transposed when `trans_b`), row-major operands
+/// of one dtype (f32, bf16 or f16; f32 accumulation, no TF32): `a` `[batch, m, k]`, `b` `[batch, k, n]`
+/// or `[batch, n, k]`, into a new `[batch, m, n]` of `out_dtype` (`a`'s dtype or f32). Strided views
+/// whose rows are unit-stride (a narrowed cache) are read in place. One cuBLAS strided batched GEMM;
+/// `None`, having launched nothing, where [`linear`] would return `None`.
+pub fn batched_matmul<R: CubeRuntime>(
+    a: &CubeTensor<R>,
+    b: &CubeTensor<R>,
+    trans_b: bool,
+    alpha: f32,
+    out_dtype: DType,
+) -> Option<CubeTensor<R>> {
+    let client = (&a.client as &dyn Any).downcast_ref::<ComputeClient<CudaRuntime>>()?;
+    let ordinal = (&a.device as &dyn Any).downcast_ref::<CudaDevice>()?.index;
+    let cuda_type = |d: DType| match d {
+        DType::F32 => Some(sys::cudaDataType::CUDA_R_32F),
+        DType::BF16 => Some(sys::cudaDataType::CUDA_R_16BF),
+        DType::F16 => Some(sys::cudaDataType::CUDA_R_16F),
+        _ => None,
+    };
+    let (in_type, out_type) = (cuda_type(a.dtype)?, cuda_type(out_dtype)?);
+    let (ash, bsh) = (a.meta.shape(), b.meta.shape());
+    if ash.len() != 3 || bsh.len() != 3 || b.dtype != a.dtype || (out_dtype != a.dtype && out_dtype != DType::F32) {
+        return None;
+    }
+    let (batch, m, k) = (ash[0], ash[1], ash[2]);
+    let (bk, n) = if trans_b { (bsh[2], bsh[1]) } else { (bsh[1], bsh[2]) };
+    if bsh[0] != batch || bk != k || batch == 0 || m == 0 || n == 0 || k == 0 {
+        return None;
+    }
+    let (abs, ars) = batched_strides(ash, a.meta.strides())?;
+    let (bbs, brs) = batched_strides(bsh, b.meta.strides())?;
+    let out = empty_device_dtype(a.client.clone(), a.device.clone(), Shape::new([batch, m, n]), out_dtype);
+    let (obs, ors) = batched_strides(out.meta.shape(), out.meta.strides())?;
+    // Column-major: outᵀ (n × m) = bᵀ (n × k) · aᵀ (k × m). A row-major `[k, n]` b is column-major
+    // n × k as stored (N); a row-major `[n, k]` b is column-major k × n (T).
+    let transa = if trans_b { sys::cublasOperation_t::CUBLAS_OP_T } else { sys::cublasOperation_t::CUBLAS_OP_N };
+    let int = |v: usize| c_int::try_from(v).ok();
+    let long = |v: usize| c_longlong::try_from(v).ok();
+    let (mi, ni, ki, lda, ldb, ldc, count) = (int(m)?, int(n)?, int(k)?, int(brs)?, int(ars)?, int(ors)?, int(batch)?);
+    let (sa, sb, sc) = (long(bbs)?, long(abs)?, long(obs)?);
+    let gemm = gemm_for(ordinal)?;
+    let gemm = gemm.lock().ok()?;
+    let ra = client.get_resource(a.handle.clone()).ok()?;
+    let rb = client.get_resource(b.handle.clone()).ok()?;
+    let ro = client.get_resource(out.handle.clone()).ok()?;
+    cubecl::future::block_on(client.sync()).ok()?;
+    gemm.ctx.bind_to_thread().ok()?;
+    let beta = 0.0f32;
+    let compute = match a.dtype {
+        DType::F32 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_PEDANTIC,
+        _ => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+    };
+    // SAFETY: as in `linear`: live allocations held until the stream is done, shapes, leading
+    // dimensions and batch strides checked against the tensors' strides above.
+    let done = unsafe {
+        blas::gemm_strided_batched_ex(
+            *gemm.blas.handle(),
+            transa,
+            sys::cublasOperation_t::CUBLAS_OP_N,
+            ni,
+            mi,
+            ki,
+            &alpha as *const f32 as *const c_void,
+            rb.resource().ptr as *const c_void,
+            in_type,
+            lda,
+            sa,
+            ra.resource().ptr as *const c_void,
+            in_type,
+            ldb,
+            sb,
+            &beta as *const f32 as *const c_void,
+            ro.resource().ptr as *mut c_void,
+            out_type,
+            ldc,
+            sc,
+            count,
+            compute,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    };
+    let synced = gemm.stream.synchronize();
+    match (done, synced) {
+        (Ok(()), Ok(())) => Some(out),
+        (d, s) => {
+            log::warn!("cuBLAS batched GEMM failed ({d:?}, {s:?}); falling back to Burn's ops");
             None
         }
     }

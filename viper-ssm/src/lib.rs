@@ -26,7 +26,9 @@ pub mod norm;
 mod ops;
 pub mod reference;
 
-pub use backend::{linear, row_major, ConvInput, RmsNormInput, ScanInput, ScanOutput, SsmBackend, StepInput};
+pub use backend::{
+    attention, linear, AttentionInput, ConvInput, RmsNormInput, ScanInput, ScanOutput, SsmBackend, StepInput,
+};
 pub use config::{AutoSize, ConfigError, MambaConfig, MambaVariant};
 pub use error::LmError;
 pub use falcon_mamba::{

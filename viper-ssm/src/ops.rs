@@ -99,3 +99,19 @@ impl<B: Backend> RmsNormInput<B> {
         }
     }
 }
+
+/// Inputs of scaled dot-product attention (scale `1/√d`) with grouped-query heads: `n` query heads
+/// over `n / g` key/value heads, query head `i` reading key/value head `i / g` (transformers'
+/// `repeat_kv`; batches folded into the head index, batch-major).
+#[derive(Debug, Clone)]
+pub struct AttentionInput<B: Backend> {
+    /// Queries `[n, lq, d]`.
+    pub q: Tensor<B, 3>,
+    /// Keys `[n / g, lk, d]`.
+    pub k: Tensor<B, 3>,
+    /// Values `[n / g, lk, dv]`.
+    pub v: Tensor<B, 3>,
+    /// Query `i` sees keys `0 ..= i + lk − lq` (the mask aligned to the last key, as after cached
+    /// positions); otherwise every key.
+    pub causal: bool,
+}

@@ -12,11 +12,9 @@ use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::FloatDType;
 use viper_checkpoint::{Checkpoint, CheckpointError, Weights};
-use viper_ssm::{linear, row_major, SsmBackend};
+use viper_ssm::{attention, linear, AttentionInput, SsmBackend};
 
 use crate::config::{Activation, ClipVisionConfig, FeatureSelect, SelectFeature};
 use crate::error::{Result, VisionError};
@@ -114,17 +112,17 @@ impl<B: SsmBackend> ClipAttention<B> {
         })
     }
 
-    /// `out_proj(softmax(q kᵀ · d^-½) v)` per head, through `burn::tensor::module::attention`: the
-    /// backend's fused (flash) kernel where it has one (CubeCL backends), matmul + softmax otherwise.
-    /// The scale is left at its default, `1/√d`: CubeCL falls back to the unfused path for a custom one.
-    /// The heads are copied row-major first ([`row_major`]: CubeCL's flash kernels read a `swap_dims`
-    /// view wrongly).
+    /// `out_proj(softmax(q kᵀ · d^-½) v)` per head, through [`viper_ssm::attention`]: cuBLAS batched
+    /// products around an f32 softmax on CUDA, Burn's `attention` elsewhere.
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [n, t, width] = x.dims();
         let (h, d) = (self.num_heads, width / self.num_heads);
-        let heads = |proj: &Linear<B>| row_major(linear(proj, x.clone()).reshape([n, t, h, d]).swap_dims(1, 2)); // (n, h, T, d)
-        let options = AttentionModuleOptions::default(); // scale 1/√d, no softcap, not causal
-        let o = attention(heads(&self.q_proj), heads(&self.k_proj), heads(&self.v_proj), None, None, options);
+        // (n·h, T, d): one copy of each projection into heads.
+        let heads =
+            |proj: &Linear<B>| linear(proj, x.clone()).reshape([n, t, h, d]).swap_dims(1, 2).reshape([n * h, t, d]);
+        let input =
+            AttentionInput { q: heads(&self.q_proj), k: heads(&self.k_proj), v: heads(&self.v_proj), causal: false };
+        let o = attention(input).reshape([n, h, t, d]);
         linear(&self.out_proj, o.swap_dims(1, 2).reshape([n, t, width]))
     }
 }

@@ -5,7 +5,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, FloatDType, TensorPrimitive};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-use super::{ConvInput, RmsNormInput, ScanInput, ScanOutput, SsmBackend, StepInput};
+use super::{AttentionInput, ConvInput, RmsNormInput, ScanInput, ScanOutput, SsmBackend, StepInput};
 use crate::kernels;
 
 /// The conv's (output, new window).
@@ -92,7 +92,67 @@ fn cublas_projection<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     None
 }
 
+/// Most bytes of f32 scores one block of queries of [`cublas_attention`] holds.
+#[cfg(feature = "cuda")]
+const SCORES_BYTES: usize = 1 << 30;
+
+/// [`SsmBackend::grouped_attention`] as two cuBLAS batched GEMMs (each key/value head's query group as the
+/// rows of one product) around a masked f32 softmax, the queries in blocks whose scores stay within
+/// [`SCORES_BYTES`]. Neither product is tuned or compiled per shape (Burn's attention on CUDA either
+/// cannot launch these shapes with its flash kernels or autotunes its matmul for each: 10–67 s per new
+/// shape in a fresh process, BENCHMARKS.md session 10). `None` where cuBLAS does not take the tensors.
+#[allow(unused_variables)]
+fn cublas_attention<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    input: &AttentionInput<CubeBackend<R, F, I, BT>>,
+) -> Option<Tensor<CubeBackend<R, F, I, BT>, 3>> {
+    #[cfg(feature = "cuda")]
+    {
+        use crate::cublas::batched_matmul;
+        use burn::tensor::activation::softmax;
+        use burn_cubecl::kernel::into_contiguous;
+        type Cb<R, F, I, BT> = CubeBackend<R, F, I, BT>;
+        let AttentionInput { q, k, v, causal } = input.clone();
+        let ([n, lq, d], [nk, lk, _], [nv, lv, dv]) = (q.dims(), k.dims(), v.dims());
+        let dtype = q.dtype();
+        let shapes_fit = nk > 0 && n.is_multiple_of(nk) && lq > 0 && lk > 0 && (nv, lv) == (nk, lk);
+        if !shapes_fit || (causal && lq > lk) || k.dtype() != dtype || v.dtype() != dtype {
+            return None;
+        }
+        let g = n / nk;
+        let device = q.device();
+        let scale = (d as f32).powf(-0.5);
+        let block = (SCORES_BYTES / (4 * n * lk)).clamp(1, lq);
+        let (kp, vp) = (prim(k), prim(v));
+        let mut outs = Vec::new();
+        for start in (0..lq).step_by(block) {
+            let len = block.min(lq - start);
+            let qb = wrap::<Cb<R, F, I, BT>, 3>(into_contiguous(prim(q.clone().narrow(1, start, len))));
+            let s = batched_matmul(&prim(qb.reshape([nk, g * len, d])), &kp, true, scale, DType::F32)?;
+            let mut s = wrap::<Cb<R, F, I, BT>, 3>(s).reshape([n, len, lk]);
+            if causal {
+                // Query `start + i` of `lq` sees keys up to `start + i + lk − lq`.
+                let offset = (lk - lq + start) as i64;
+                let i = Tensor::<Cb<R, F, I, BT>, 1, Int>::arange(0..len as i64, &device);
+                let j = Tensor::<Cb<R, F, I, BT>, 1, Int>::arange(0..lk as i64, &device);
+                let i = (i + offset).reshape([1, len, 1]).expand([n, len, lk]);
+                let j = j.reshape([1, 1, lk]).expand([n, len, lk]);
+                s = s.mask_fill(j.greater(i), f32::NEG_INFINITY);
+            }
+            let p = like(softmax(s, 2), dtype).reshape([nk, g * len, lk]);
+            let o = batched_matmul(&prim(p), &vp, false, 1.0, dtype)?;
+            outs.push(wrap::<Cb<R, F, I, BT>, 3>(o).reshape([n, len, dv]));
+        }
+        Some(if outs.len() == 1 { outs.pop()? } else { Tensor::cat(outs, 1) })
+    }
+    #[cfg(not(feature = "cuda"))]
+    None
+}
+
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> SsmBackend for CubeBackend<R, F, I, BT> {
+    fn grouped_attention(input: AttentionInput<Self>) -> Tensor<Self, 3> {
+        cublas_attention(&input).unwrap_or_else(|| super::attention_tensor_ops(input))
+    }
+
     fn device_memory_reserved(device: &Self::Device) -> Option<u64> {
         R::client(device).memory_usage().ok().map(|usage| usage.bytes_reserved)
     }

@@ -9,7 +9,7 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
-use super::{ConvInput, RmsNormInput, ScanInput, ScanOutput, SsmBackend, StepInput};
+use super::{AttentionInput, ConvInput, RmsNormInput, ScanInput, ScanOutput, SsmBackend, StepInput};
 
 type Handles<B> = HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
 
@@ -275,6 +275,37 @@ fn add_norm<B: FusionBackend + SsmBackend>(
     (s, out)
 }
 
+#[derive(Debug)]
+struct AttentionOp<B> {
+    desc: CustomOpIr,
+    causal: bool,
+    _b: PhantomData<B>,
+}
+
+impl<B: FusionBackend + SsmBackend> Operation<B::FusionRuntime> for AttentionOp<B> {
+    fn execute(&self, h: &mut Handles<B>) {
+        let [q, k, v] = [0, 1, 2].map(|i| &self.desc.inputs[i]);
+        let input = AttentionInput::<B> { q: get(h, q), k: get(h, k), v: get(h, v), causal: self.causal };
+        put(h, &self.desc.outputs[0], B::grouped_attention(input));
+    }
+}
+
+/// On CUDA a custom op (whether cuBLAS takes the tensors depends on their layout, which only the op's
+/// execution sees); elsewhere the tensor-op body, which fusion sees through.
+fn attention<B: FusionBackend + SsmBackend>(x: AttentionInput<Fusion<B>>) -> Tensor<Fusion<B>, 3> {
+    let dtype = x.q.dtype();
+    if !cfg!(feature = "cuda") || x.k.dtype() != dtype || x.v.dtype() != dtype {
+        return super::attention_tensor_ops(x);
+    }
+    let ([n, lq, _], dv) = (x.q.dims(), x.v.dims()[2]);
+    let causal = x.causal;
+    let out = (Shape::new([n, lq, dv]), dtype);
+    let ins = vec![ft(x.q), ft(x.k), ft(x.v)];
+    let [y] =
+        register::<B, _, 1>("viper_attention", ins, [out], |desc| AttentionOp::<B> { desc, causal, _b: PhantomData });
+    y
+}
+
 /// `dt_w`: dt_proj folded into a decode step (a tenth input).
 fn scan<B: FusionBackend + SsmBackend>(
     x: ScanInput<Fusion<B>>,
@@ -300,6 +331,10 @@ fn conv<B: FusionBackend + SsmBackend>(x: ConvInput<Fusion<B>>) -> (Tensor<Fusio
 }
 
 impl<B: FusionBackend + SsmBackend> SsmBackend for Fusion<B> {
+    fn grouped_attention(input: AttentionInput<Self>) -> Tensor<Self, 3> {
+        attention(input)
+    }
+
     fn device_memory_reserved(device: &Self::Device) -> Option<u64> {
         B::device_memory_reserved(device)
     }

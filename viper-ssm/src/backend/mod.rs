@@ -1,5 +1,5 @@
-//! The backend extension trait through which the model runs its hot ops: the selective scan, the causal
-//! conv, RMS norms and the Linear products of the decode step.
+//! The backend extension trait through which the models run their hot ops: the selective scan, the
+//! causal conv, RMS norms, the Linear products and attention.
 //!
 //! Every method has a tensor-op default body (the [`reference`](crate::reference), or Burn's `linear`
 //! for [`SsmBackend::projection`]); CubeCL backends
@@ -19,7 +19,7 @@ mod ndarray;
 
 use burn::prelude::*;
 
-pub use crate::ops::{ConvInput, RmsNormInput, ScanInput, ScanOutput, StepInput};
+pub use crate::ops::{AttentionInput, ConvInput, RmsNormInput, ScanInput, ScanOutput, StepInput};
 
 /// The tensor-op body of [`SsmBackend::add_rms_norm`]: cast both to `stream`, add, then
 /// [`SsmBackend::rms_norm`]. Also the kernels' fallback where [`fused_add_norm_applies`] is false.
@@ -61,13 +61,50 @@ pub fn linear<B: SsmBackend>(layer: &burn::nn::Linear<B>, x: Tensor<B, 3>) -> Te
     B::projection(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
 }
 
-/// `t` copied into a new row-major tensor, for the attention inputs of both models (Jamba's, CLIP's).
-/// CubeCL's flash kernels (cubek-attention 0.2, reached through Burn's `attention`) read a `swap_dims`
-/// view of the projections wrongly (`bench_models check-attention`, BENCHMARKS.md session 9), and a
-/// reshape keeps such a view where it can, so the copy is explicit.
-pub fn row_major<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+/// `t` copied into a new row-major tensor (a reshape keeps a view where it can, so the copy is explicit).
+fn row_major<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     let dims = t.dims();
     Tensor::empty(dims, (&t.device(), t.dtype())).slice_assign(dims.map(|d| 0..d), t)
+}
+
+/// The tensor-op body of [`SsmBackend::grouped_attention`]: Burn's `attention` on row-major heads.
+/// - One query position sees every key: it runs unmasked with each key/value head's query group as
+///   its rows (no repeated K/V).
+/// - Otherwise K/V are repeated to the query heads. CubeCL's flash kernels (cubek-attention 0.2, behind
+///   Burn's `attention` on Wgpu and Cuda) read a `swap_dims` view wrongly, hence the row-major copies
+///   ([`row_major`]), and mask from the first key (a key is hidden when its index exceeds the
+///   query's); a chunk after cached positions needs the mask aligned to the last key, as Burn's unfused
+///   path does, which a set scale selects (`bench_models check-attention`, BENCHMARKS.md session 9).
+fn attention_tensor_ops<B: Backend>(input: AttentionInput<B>) -> Tensor<B, 3> {
+    use burn::tensor::module::attention;
+    use burn::tensor::ops::AttentionModuleOptions;
+    let AttentionInput { q, k, v, causal } = input;
+    let [n, lq, d] = q.dims();
+    let [nk, lk, _] = k.dims();
+    let dv = v.dims()[2];
+    let g = n / nk.max(1);
+    if lq == 1 {
+        let q = q.reshape([1, nk, g, d]);
+        let (k, v) = (row_major(k).reshape([1, nk, lk, d]), row_major(v).reshape([1, nk, lk, dv]));
+        return attention(q, k, v, None, None, AttentionModuleOptions::default()).reshape([n, 1, dv]);
+    }
+    // The reshape of the expanded view copies, so the repeated K/V are row-major.
+    let repeat = |t: Tensor<B, 3>, w: usize| {
+        if g == 1 {
+            row_major(t).reshape([1, n, lk, w])
+        } else {
+            t.unsqueeze_dim::<4>(1).expand([nk, g, lk, w]).reshape([1, n, lk, w])
+        }
+    };
+    let scale = (causal && lq < lk).then(|| 1.0 / (d as f64).sqrt());
+    let options = AttentionModuleOptions { is_causal: causal, scale, ..Default::default() };
+    attention(row_major(q).reshape([1, n, lq, d]), repeat(k, d), repeat(v, dv), None, None, options)
+        .reshape([n, lq, dv])
+}
+
+/// Scaled dot-product attention through [`SsmBackend::grouped_attention`]; see [`AttentionInput`].
+pub fn attention<B: SsmBackend>(input: AttentionInput<B>) -> Tensor<B, 3> {
+    B::grouped_attention(input)
 }
 
 /// A backend that can run the Mamba mixer's sequence ops.
@@ -136,6 +173,13 @@ pub trait SsmBackend: Backend {
         stream: burn::tensor::DType,
     ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
         add_then_norm(input, y, stream)
+    }
+
+    /// Scaled dot-product attention, softmax in f32 ([`AttentionInput`]): Burn's `attention`; on CUDA,
+    /// the two products as cuBLAS batched GEMMs with f32 scores (no tuning or compilation per shape),
+    /// the queries in blocks that keep the scores within 1 GiB.
+    fn grouped_attention(input: AttentionInput<Self>) -> Tensor<Self, 3> {
+        attention_tensor_ops(input)
     }
 
     /// Device memory the backend holds reserved on `device` (its pools, in use or free), in bytes, for

@@ -2,9 +2,7 @@
 //! tests/generator/gen_clip.py): every select layer, both feature selections, f32 and bf16 on disk,
 //! a standalone vision checkpoint and a whole CLIP checkpoint.
 
-mod common;
-
-use common::{assert_close, fixture, read, B};
+use crate::common::{assert_close, fixture, read, B};
 use viper_checkpoint::{Checkpoint, LoadOptions};
 use viper_vision::{vision_model_prefix, ClipVisionConfig, ClipVisionTower, FeatureSelect, SelectFeature};
 

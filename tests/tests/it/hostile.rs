@@ -5,7 +5,7 @@
 //!
 //! Families: config.json sizes, checkpoint loading, image_grid_pinpoints, files that are not regular
 //! or are too large, images, chat templates, tokenizers, safetensors files. The CLI's output paths
-//! are in `examples/tests/cli.rs`.
+//! are in `examples/tests/it/cli.rs`.
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};

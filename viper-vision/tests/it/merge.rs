@@ -1,10 +1,8 @@
 //! The merged token layout of `spatial_unpad` (docs/spec.md §4.3, docs/reference-checkpoints.md Q9–Q11) by the processor's
 //! geometry (whose rounding is tested in `viper-processor`).
 
-mod common;
-
+use crate::common::B;
 use burn::prelude::*;
-use common::B;
 use viper_processor::{AnyResGeometry, Unpad};
 use viper_vision::{spatial_unpad_merge, VisionError};
 

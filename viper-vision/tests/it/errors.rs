@@ -1,9 +1,7 @@
 //! Bad configs, checkpoints and inputs give typed errors, never panics.
 
-mod common;
-
+use crate::common::{fixture, B};
 use burn::prelude::*;
-use common::{fixture, B};
 use serde_json::json;
 use viper_checkpoint::{Checkpoint, CheckpointError, LoadOptions};
 use viper_vision::{vision_model_prefix, ClipVisionConfig, ClipVisionTower, FeatureSelect, SelectFeature, VisionError};

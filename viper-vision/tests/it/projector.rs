@@ -2,10 +2,8 @@
 //! `mlp{N}x_gelu` / `identity` forward passes against PyTorch (tests/fixtures/vision/projector from
 //! tests/generator/gen_clip.py).
 
-mod common;
-
+use crate::common::{assert_close, fixture, read, B};
 use burn::prelude::*;
-use common::{assert_close, fixture, read, B};
 use viper_checkpoint::{Checkpoint, CheckpointError, LoadOptions};
 use viper_vision::{MmProjector, ProjectorType, VisionError};
 

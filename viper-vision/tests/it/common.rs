@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: fixture paths, reading expected tensors, the error metric.
-#![allow(dead_code)] // each test binary uses a subset
+#![allow(dead_code)] // each test module uses a subset
 
 use std::path::PathBuf;
 

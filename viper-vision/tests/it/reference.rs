@@ -2,9 +2,7 @@
 //! from the shared reference dirs by tests/generator/gen_clip.py): CLIP features, projected features
 //! and the merged `image_features`, for both model families, read from a Viper checkpoint layout.
 
-mod common;
-
-use common::{assert_close, fixture, read, rel_err, B};
+use crate::common::{assert_close, fixture, read, rel_err, B};
 use serde_json::Value;
 use viper_checkpoint::{Checkpoint, LoadOptions};
 use viper_processor::Processor;

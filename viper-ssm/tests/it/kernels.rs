@@ -587,3 +587,61 @@ fn linear_bf16() {
     linear_case(2, 40, 512, 300, true, false, DType::BF16);
     linear_case(1, 33, 1001, 130, false, true, DType::BF16);
 }
+
+/// Grouped-query attention (`viper_ssm::attention`: cuBLAS products and an f32 softmax on CUDA)
+/// against the tensor-op body on NdArray: a causal chunk after cached positions, a decode step and an
+/// unmasked CLIP-like case, K/V as narrowed views of a larger cache, f32 and bf16.
+#[cfg(feature = "cuda")]
+#[test]
+fn attention_cuda() {
+    use viper_ssm::AttentionInput;
+    assert!(viper_ssm::cublas::available(), "libcublas must be loadable for the CUDA tests");
+    // (query heads, kv heads, lq, lk, d, causal)
+    let cases = [(8, 2, 7, 20, 16, false), (8, 2, 7, 20, 16, true), (8, 2, 1, 33, 16, true), (6, 6, 17, 17, 12, false)];
+    for dtype in [DType::F32, DType::BF16] {
+        for (n, nk, lq, lk, d, causal) in cases {
+            let mut rng = rng(&format!("attention {n}/{nk} {lq}x{lk} {dtype:?}"));
+            let cap = lk + 5;
+            let q = round(&draw(&mut rng, n * lq * d, -2.0, 2.0), dtype);
+            let k = round(&draw(&mut rng, nk * cap * d, -2.0, 2.0), dtype);
+            let v = round(&draw(&mut rng, nk * cap * d, -1.0, 1.0), dtype);
+            let run = |dt: DType, gpu: bool| {
+                fn go<B: SsmBackend>(x: [&[f32]; 3], s: [usize; 6], causal: bool, dt: DType) -> Vec<f32> {
+                    let [n, nk, lq, lk, d, cap] = s;
+                    let dev = Default::default();
+                    let kv = |v: &[f32]| tensor::<B, 3>(v, [nk, cap, d], dt, &dev).narrow(1, 0, lk);
+                    let input = AttentionInput {
+                        q: tensor::<B, 3>(x[0], [n, lq, d], dt, &dev),
+                        k: kv(x[1]),
+                        v: kv(x[2]),
+                        causal,
+                    };
+                    host(viper_ssm::attention(input))
+                }
+                let s = [n, nk, lq, lk, d, cap];
+                if gpu {
+                    go::<K>([&q, &k, &v], s, causal, dt)
+                } else {
+                    go::<R>([&q, &k, &v], s, causal, dt)
+                }
+            };
+            let what = format!("attention {n}/{nk} heads, {lq} × {lk}, causal {causal}");
+            let (got, want) = (run(dtype, true), run(DType::F32, false));
+            if dtype == DType::F32 {
+                check(&what, &got, &want, dtype);
+            } else {
+                // Inputs, the probabilities and the output each rounded to bf16.
+                check_bound(&what, &got, &want, 3.0 * rel_err(&round(&want, dtype), &want) + 1e-6);
+            }
+        }
+    }
+    // The batched product itself takes a narrowed cache view in place (no silent fallback).
+    type P = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+    let dev = Default::default();
+    let a = tensor::<P, 3>(&[0.5; 2 * 3 * 4], [2, 3, 4], DType::F32, &dev).into_primitive().tensor();
+    let b = tensor::<P, 3>(&[0.25; 2 * 9 * 4], [2, 9, 4], DType::F32, &dev).narrow(1, 0, 5).into_primitive().tensor();
+    let out = viper_ssm::cublas::batched_matmul(&a, &b, true, 2.0, DType::F32).expect("cuBLAS refused a cache view");
+    assert_eq!(out.meta.shape().to_vec(), vec![2, 3, 5]);
+    let got: Vec<f32> = host(Tensor::<P, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(out)));
+    assert!(got.iter().all(|&x| (x - 1.0).abs() < 1e-6), "2 · Σ₄ 0.5 · 0.25 = 1, got {got:?}");
+}

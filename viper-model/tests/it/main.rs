@@ -1,0 +1,9 @@
+//! viper-model's integration tests, one test binary.
+//!
+//! Cargo builds and links each file under `tests/` as its own binary; one binary per crate keeps
+//! CI's build of the test suite short (`.ci/run`).
+
+mod bad_input;
+mod chat_followups;
+mod decode_block;
+mod load_progress;

@@ -1,0 +1,11 @@
+//! The vision crate's integration tests, one test binary.
+//!
+//! Cargo builds and links each file under `tests/` as its own binary; one binary per crate keeps
+//! CI's build of the test suite short (`.ci/run`).
+
+mod clip;
+mod common;
+mod errors;
+mod merge;
+mod projector;
+mod reference;
