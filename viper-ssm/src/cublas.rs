@@ -24,6 +24,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::client::ComputeClient;
 use cubecl::cuda::{CudaDevice, CudaRuntime};
+use cubecl::server::Handle;
 use cudarc::cublas::{result as blas, sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaStream};
 
@@ -137,18 +138,64 @@ fn row_stride(shape: &[usize], strides: &[usize]) -> Option<usize> {
     (rs >= c).then_some(rs)
 }
 
+/// cuBLAS's name for `dtype` (f32, bf16, f16).
+fn cuda_type(dtype: DType) -> Option<sys::cudaDataType> {
+    match dtype {
+        DType::F32 => Some(sys::cudaDataType::CUDA_R_32F),
+        DType::BF16 => Some(sys::cudaDataType::CUDA_R_16BF),
+        DType::F16 => Some(sys::cudaDataType::CUDA_R_16F),
+        _ => None,
+    }
+}
+
+/// f32 accumulation; f32 inputs stay f32 (PEDANTIC: never TF32, whatever the handle's math mode or
+/// NVIDIA_TF32_OVERRIDE).
+fn compute_type(dtype: DType) -> sys::cublasComputeType_t {
+    match dtype {
+        DType::F32 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_PEDANTIC,
+        _ => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+    }
+}
+
+/// Runs one cuBLAS call on our stream of device `ordinal`, ordered against CubeCL's by host waits:
+/// `call` gets the handle and the device pointers of `handles` (in order) once CubeCL's queue (the
+/// producers of the inputs) has drained, and our stream is waited for before returning (CubeCL's next
+/// kernels read the output or reuse the inputs' memory). `None`, logged, where anything fails.
+fn ordered<const N: usize>(
+    client: &ComputeClient<CudaRuntime>,
+    ordinal: usize,
+    handles: [&Handle; N],
+    call: impl FnOnce(sys::cublasHandle_t, [*mut c_void; N]) -> Result<(), blas::CublasError>,
+) -> Option<()> {
+    let gemm = gemm_for(ordinal)?;
+    let gemm = gemm.lock().ok()?;
+    // Pointers first, while CubeCL's queue may still be running: the round trips then overlap GPU
+    // work. The resources are held until our stream has finished.
+    let mut resources = Vec::with_capacity(N);
+    for h in handles {
+        resources.push(client.get_resource(h.clone()).ok()?);
+    }
+    let ptrs: [*mut c_void; N] = core::array::from_fn(|i| resources[i].resource().ptr as *mut c_void);
+    cubecl::future::block_on(client.sync()).ok()?;
+    gemm.ctx.bind_to_thread().ok()?;
+    let done = call(*gemm.blas.handle(), ptrs);
+    let synced = gemm.stream.synchronize();
+    match (done, synced) {
+        (Ok(()), Ok(())) => Some(()),
+        (d, s) => {
+            log::warn!("cuBLAS call failed ({d:?}, {s:?}); falling back to Burn's ops");
+            None
+        }
+    }
+}
+
 /// `x · w` for `x` `[b, l, k]` and `w` `[k, n]` of one dtype (f32, bf16 or f16; f32 accumulation, no
 /// TF32), into a new `[b, l, n]`. Returns `None`, having launched nothing, where the runtime is not
 /// CUDA, the layouts are not GEMM-able as they are, or cuBLAS is unavailable.
 pub fn linear<R: CubeRuntime>(x: &CubeTensor<R>, w: &CubeTensor<R>) -> Option<CubeTensor<R>> {
     let client = (&x.client as &dyn Any).downcast_ref::<ComputeClient<CudaRuntime>>()?;
     let ordinal = (&x.device as &dyn Any).downcast_ref::<CudaDevice>()?.index;
-    let data_type = match x.dtype {
-        DType::F32 => sys::cudaDataType::CUDA_R_32F,
-        DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
-        DType::F16 => sys::cudaDataType::CUDA_R_16F,
-        _ => return None,
-    };
+    let data_type = cuda_type(x.dtype)?;
     let (xs, ws) = (x.meta.shape(), w.meta.shape());
     let (m, k, n) = (xs[0] * xs[1], xs[2], ws[1]);
     if w.dtype != x.dtype || ws[0] != k || m == 0 || n == 0 || k == 0 {
@@ -171,57 +218,34 @@ pub fn linear<R: CubeRuntime>(x: &CubeTensor<R>, w: &CubeTensor<R>) -> Option<Cu
     let ldc = row_stride(out.meta.shape(), out.meta.strides())?;
     let int = |v: usize| c_int::try_from(v).ok();
     let (mi, ni, ki, lda, ldb, ldc) = (int(m)?, int(n)?, int(k)?, int(lda)?, int(ldb)?, int(ldc)?);
-    let gemm = gemm_for(ordinal)?;
-    let gemm = gemm.lock().ok()?;
-
-    // Pointers first, while CubeCL's queue may still be running: the round trips then overlap GPU
-    // work. Then everything queued on CubeCL's stream (the producers of x) must be done before our
-    // stream reads.
-    let rx = client.get_resource(x.handle.clone()).ok()?;
-    let rw = client.get_resource(w.handle.clone()).ok()?;
-    let ro = client.get_resource(out.handle.clone()).ok()?;
-    cubecl::future::block_on(client.sync()).ok()?;
-    gemm.ctx.bind_to_thread().ok()?;
     let (alpha, beta) = (1.0f32, 0.0f32);
-    // f32 stays f32 (PEDANTIC: never TF32, whatever the handle's math mode or NVIDIA_TF32_OVERRIDE).
-    let compute = match x.dtype {
-        DType::F32 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_PEDANTIC,
-        _ => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-    };
-    // SAFETY: the pointers are live CubeCL allocations (the tensors and the resources are held until
-    // the stream has finished); shapes and leading dimensions were checked against their strides above.
-    let done = unsafe {
+    let compute = compute_type(x.dtype);
+    // SAFETY: the pointers are live CubeCL allocations, held until the stream has finished; shapes and
+    // leading dimensions were checked against their strides above.
+    ordered(client, ordinal, [&w.handle, &x.handle, &out.handle], |handle, [pw, px, po]| unsafe {
         blas::gemm_ex(
-            *gemm.blas.handle(),
+            handle,
             transa,
             sys::cublasOperation_t::CUBLAS_OP_N,
             ni,
             mi,
             ki,
             &alpha as *const f32 as *const c_void,
-            rw.resource().ptr as *const c_void,
+            pw,
             data_type,
             lda,
-            rx.resource().ptr as *const c_void,
+            px,
             data_type,
             ldb,
             &beta as *const f32 as *const c_void,
-            ro.resource().ptr as *mut c_void,
+            po,
             data_type,
             ldc,
             compute,
             sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
-    };
-    // Our stream must be done before CubeCL's next kernels read `out` (or reuse x's memory).
-    let synced = gemm.stream.synchronize();
-    match (done, synced) {
-        (Ok(()), Ok(())) => Some(out),
-        (d, s) => {
-            log::warn!("cuBLAS GEMM failed ({d:?}, {s:?}); falling back to Burn's matmul");
-            None
-        }
-    }
+    })?;
+    Some(out)
 }
 
 /// A `[batch, rows, cols]` tensor's (batch stride, row stride) where its rows are unit-stride and
@@ -250,12 +274,6 @@ pub fn batched_matmul<R: CubeRuntime>(
 ) -> Option<CubeTensor<R>> {
     let client = (&a.client as &dyn Any).downcast_ref::<ComputeClient<CudaRuntime>>()?;
     let ordinal = (&a.device as &dyn Any).downcast_ref::<CudaDevice>()?.index;
-    let cuda_type = |d: DType| match d {
-        DType::F32 => Some(sys::cudaDataType::CUDA_R_32F),
-        DType::BF16 => Some(sys::cudaDataType::CUDA_R_16BF),
-        DType::F16 => Some(sys::cudaDataType::CUDA_R_16F),
-        _ => None,
-    };
     let (in_type, out_type) = (cuda_type(a.dtype)?, cuda_type(out_dtype)?);
     let (ash, bsh) = (a.meta.shape(), b.meta.shape());
     if ash.len() != 3 || bsh.len() != 3 || b.dtype != a.dtype || (out_dtype != a.dtype && out_dtype != DType::F32) {
@@ -277,39 +295,29 @@ pub fn batched_matmul<R: CubeRuntime>(
     let long = |v: usize| c_longlong::try_from(v).ok();
     let (mi, ni, ki, lda, ldb, ldc, count) = (int(m)?, int(n)?, int(k)?, int(brs)?, int(ars)?, int(ors)?, int(batch)?);
     let (sa, sb, sc) = (long(bbs)?, long(abs)?, long(obs)?);
-    let gemm = gemm_for(ordinal)?;
-    let gemm = gemm.lock().ok()?;
-    let ra = client.get_resource(a.handle.clone()).ok()?;
-    let rb = client.get_resource(b.handle.clone()).ok()?;
-    let ro = client.get_resource(out.handle.clone()).ok()?;
-    cubecl::future::block_on(client.sync()).ok()?;
-    gemm.ctx.bind_to_thread().ok()?;
-    let beta = 0.0f32;
-    let compute = match a.dtype {
-        DType::F32 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_PEDANTIC,
-        _ => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-    };
-    // SAFETY: as in `linear`: live allocations held until the stream is done, shapes, leading
+    let (alpha, beta) = (alpha, 0.0f32);
+    let compute = compute_type(a.dtype);
+    // SAFETY: as in `linear`: live allocations held until the stream is done; shapes, leading
     // dimensions and batch strides checked against the tensors' strides above.
-    let done = unsafe {
+    ordered(client, ordinal, [&b.handle, &a.handle, &out.handle], |handle, [pb, pa, po]| unsafe {
         blas::gemm_strided_batched_ex(
-            *gemm.blas.handle(),
+            handle,
             transa,
             sys::cublasOperation_t::CUBLAS_OP_N,
             ni,
             mi,
             ki,
             &alpha as *const f32 as *const c_void,
-            rb.resource().ptr as *const c_void,
+            pb,
             in_type,
             lda,
             sa,
-            ra.resource().ptr as *const c_void,
+            pa,
             in_type,
             ldb,
             sb,
             &beta as *const f32 as *const c_void,
-            ro.resource().ptr as *mut c_void,
+            po,
             out_type,
             ldc,
             sc,
@@ -317,13 +325,6 @@ pub fn batched_matmul<R: CubeRuntime>(
             compute,
             sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
-    };
-    let synced = gemm.stream.synchronize();
-    match (done, synced) {
-        (Ok(()), Ok(())) => Some(out),
-        (d, s) => {
-            log::warn!("cuBLAS batched GEMM failed ({d:?}, {s:?}); falling back to Burn's ops");
-            None
-        }
-    }
+    })?;
+    Some(out)
 }
