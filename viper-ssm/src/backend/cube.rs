@@ -129,9 +129,11 @@ fn cublas_attention<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
             let qb = wrap::<Cb<R, F, I, BT>, 3>(into_contiguous(prim(q.clone().narrow(1, start, len))));
             let s = batched_matmul(&prim(qb.reshape([nk, g * len, d])), &kp, true, scale, DType::F32)?;
             let mut s = wrap::<Cb<R, F, I, BT>, 3>(s).reshape([n, len, lk]);
-            if causal {
-                // Query `start + i` of `lq` sees keys up to `start + i + lk − lq`.
-                let offset = (lk - lq + start) as i64;
+            // Query `start + i` of `lq` sees keys up to `start + i + lk − lq`: nothing to hide when the
+            // block's first query sees every key (a decode step), so no mask is built per token.
+            let offset = lk - lq + start;
+            if causal && offset + 1 < lk {
+                let offset = offset as i64;
                 let i = Tensor::<Cb<R, F, I, BT>, 1, Int>::arange(0..len as i64, &device);
                 let j = Tensor::<Cb<R, F, I, BT>, 1, Int>::arange(0..lk as i64, &device);
                 let i = (i + offset).reshape([1, len, 1]).expand([n, len, lk]);
